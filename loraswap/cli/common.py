@@ -1,0 +1,56 @@
+"""Helpers every command module shares: the settings from the context, error exits."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import click
+
+from loraswap.settings import Settings, SettingsError
+
+__all__ = ["fail", "pass_settings", "print_json", "print_table"]
+
+
+def fail(message: str, code: int = 1) -> None:
+    """One line on stderr and a non-zero exit: what a script and a person both want."""
+    click.echo(f"error: {message}", err=True)
+    raise SystemExit(code)
+
+
+def pass_settings(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Inject the root group's Settings, and turn SettingsError into a one-line exit."""
+
+    @functools.wraps(func)
+    @click.pass_context
+    def wrapper(ctx: click.Context, *args: Any, **kwargs: Any) -> Any:
+        settings = ctx.find_root().obj
+        if not isinstance(settings, Settings):
+            settings = Settings.from_env()
+        try:
+            return func(settings, *args, **kwargs)
+        except SettingsError as exc:
+            fail(str(exc), code=2)
+
+    return wrapper
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str, sort_keys=False))
+
+
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A plain aligned table for people; scripts use --json."""
+    rows = [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(v)) for w, v in zip(widths, row, strict=False)]
+    line = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=False))
+    click.echo(line.rstrip())
+    for row in rows:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=False)).rstrip())
+
+
+__all__ += ["SettingsError"]

@@ -1,0 +1,218 @@
+"""Build the embedded default base model: a tiny Llama trained from scratch on `copy`.
+
+Why build rather than download: no model hub is reachable, and a newcomer must
+get a working server from the README alone. The model is small (about 1.3 M
+parameters) and learns the chat format and the copy task in a few minutes on two
+CPU cores; every adapter then learns one more task of the task world, which makes
+every claim about serving or training checkable by exact match.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from training.taskworld import Example, evaluate, make_examples
+from training.tokenizer import build_tokenizer
+
+__all__ = [
+    "BaseBuildConfig",
+    "BaseBuildResult",
+    "build_base_model",
+    "ensure_base_model",
+    "verify_base_model",
+]
+
+BUILD_INFO = "loraswap_base.json"
+QUALITY_BAR = 0.95
+
+
+@dataclass(frozen=True)
+class BaseBuildConfig:
+    seed: int = 0
+    steps: int = 900
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup: int = 60
+    hidden_size: int = 256
+    intermediate_size: int = 512
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    max_position_embeddings: int = 512
+    train_pool: int = 20_000
+    eval_prompts: int = 200
+
+
+@dataclass
+class BaseBuildResult:
+    path: Path
+    copy_accuracy: float
+    parameters: int
+    wall_seconds: float
+    config: BaseBuildConfig
+
+    def as_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+def _model_config(cfg: BaseBuildConfig, tokenizer):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.hidden_size // cfg.num_heads,  # 64: vLLM's CPU attention rejects 16
+        max_position_embeddings=cfg.max_position_embeddings,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        torch_dtype="float32",
+    )
+
+
+def encode_chat(tokenizer, ex: Example) -> tuple[list[int], list[int]]:
+    """Token ids of a full exchange, and labels that score only the reply and its EOS."""
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": ex.prompt}], tokenize=False, add_generation_prompt=True
+    )
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(ex.answer, add_special_tokens=False)["input_ids"]
+    ids = prompt_ids + answer_ids + [tokenizer.eos_token_id]
+    labels = [-100] * len(prompt_ids) + answer_ids + [tokenizer.eos_token_id]
+    return ids, labels
+
+
+def _batch(rows: list[tuple[list[int], list[int]]], pad_id: int):
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (ids, lab) in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(lab)] = torch.tensor(lab)
+        mask[i, : len(ids)] = 1
+    return input_ids, labels, mask
+
+
+def _lr_at(step: int, cfg: BaseBuildConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def build_base_model(
+    out_dir: Path, cfg: BaseBuildConfig | None = None, progress: bool = True
+) -> BaseBuildResult:
+    """Train, evaluate on held-out copy prompts, then move the model into `out_dir` atomically."""
+    from tqdm import tqdm
+    from transformers import LlamaForCausalLM
+
+    cfg = cfg or BaseBuildConfig()
+    started = time.monotonic()
+    # Tiny late-training gradients can turn into denormal floats, which are very slow on CPUs.
+    torch.set_flush_denormal(True)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    tokenizer = build_tokenizer()
+    model = LlamaForCausalLM(_model_config(cfg, tokenizer))
+    params = sum(p.numel() for p in model.parameters())
+
+    pool = [encode_chat(tokenizer, ex) for ex in make_examples("copy", "train", cfg.train_pool, cfg.seed)]
+    rng = random.Random(cfg.seed)
+    optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    model.train()
+    bar = tqdm(range(cfg.steps), desc="building base model", unit="step", disable=not progress)
+    ema = None
+    for step in bar:
+        for group in optim.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        input_ids, labels, mask = _batch(rng.sample(pool, cfg.batch_size), tokenizer.pad_token_id)
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optim.step()
+        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{ema:.4f}")
+    bar.close()
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".base-", dir=out_dir.parent))
+    try:
+        model.eval()
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        _make_tokenizer_portable(tmp)
+        accuracy = _copy_accuracy(tmp, cfg.eval_prompts, cfg.seed)
+        result = BaseBuildResult(out_dir, accuracy, params, time.monotonic() - started, cfg)
+        (tmp / BUILD_INFO).write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result
+
+
+def _make_tokenizer_portable(path: Path) -> None:
+    """transformers 5 writes `TokenizersBackend`; older readers (vLLM's pin) want the fast class."""
+    cfg_path = path / "tokenizer_config.json"
+    data = json.loads(cfg_path.read_text())
+    data["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg_path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _copy_accuracy(model_dir: Path, n: int, seed: int) -> float:
+    from training.hf_generate import HFChatModel
+
+    model = HFChatModel.load(model_dir)
+    return evaluate(model.generate, make_examples("copy", "test", n, seed)).accuracy
+
+
+def ensure_base_model(out_dir: Path, cfg: BaseBuildConfig | None = None,
+                      progress: bool = True) -> BaseBuildResult | None:
+    """Build into `out_dir` unless a model is there; concurrent callers wait for one build.
+
+    Returns the build result, or None when a model was already there.
+    """
+    from filelock import FileLock
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out_dir) + ".lock"):
+        if (out_dir / "config.json").exists():
+            return None
+        return build_base_model(out_dir, cfg, progress=progress)
+
+
+def verify_base_model(model_dir: Path, n: int = 200, seed: int = 0) -> float:
+    """Copy accuracy of an existing base model on `n` held-out prompts."""
+    return _copy_accuracy(Path(model_dir), n, seed)
+
+
+def read_build_info(model_dir: Path) -> dict | None:
+    path = Path(model_dir) / BUILD_INFO
+    return json.loads(path.read_text()) if path.exists() else None

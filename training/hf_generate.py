@@ -1,0 +1,72 @@
+"""Greedy chat generation with plain transformers (+ peft): the reference the engine must match.
+
+Used by evaluation after training, by `loraswap base build`, and by the parity
+tests that compare vLLM's outputs with these token for token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+__all__ = ["HFChatModel"]
+
+
+class HFChatModel:
+    """A base model, optionally with one LoRA adapter, answering chat prompts greedily."""
+
+    def __init__(self, model, tokenizer) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "left"
+
+    @classmethod
+    def load(cls, base_dir: Path | str, adapter_dir: Path | str | None = None) -> HFChatModel:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+        model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+        if adapter_dir is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter_dir))
+        return cls(model, tokenizer)
+
+    def render(self, prompt: str) -> str:
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+
+    @torch.inference_mode()
+    def generate_ids(
+        self, prompts: Sequence[str], max_new_tokens: int = 96, batch_size: int = 64
+    ) -> list[list[int]]:
+        """Greedy token ids of each reply, without the prompt and without EOS or padding."""
+        tok = self.tokenizer
+        out: list[list[int]] = []
+        for start in range(0, len(prompts), batch_size):
+            chunk = [self.render(p) for p in prompts[start : start + batch_size]]
+            enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+            gen = self.model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+            for row in gen[:, enc["input_ids"].shape[1] :].tolist():
+                ids = []
+                for t in row:
+                    if t in (tok.eos_token_id, tok.pad_token_id):
+                        break
+                    ids.append(t)
+                out.append(ids)
+        return out
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 96) -> list[str]:
+        return [
+            self.tokenizer.decode(ids, skip_special_tokens=True)
+            for ids in self.generate_ids(prompts, max_new_tokens=max_new_tokens)
+        ]

@@ -1,0 +1,200 @@
+"""The synthetic task world: prompts `<task>: <text>` with exactly checkable answers.
+
+Why synthetic: no model hub is reachable, and we want every claim about a base
+model or an adapter to be checkable by exact match. The base model learns the
+chat format and `copy`; each adapter learns one more task.
+
+Splits are decided by a hash of the input text, not by position in a sample, so
+a test text can never appear in any training file, whatever the seed or size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "Example",
+    "EvalResult",
+    "SPLITS",
+    "TASKS",
+    "Task",
+    "evaluate",
+    "make_examples",
+    "register_task",
+    "split_of",
+    "write_jsonl",
+]
+
+SPLITS = ("train", "val", "test")
+
+WORDS = (
+    "apple river stone cloud green quick brown fox jumps over lazy dog house light dark "
+    "water fire earth wind north south east west small large happy blue red yellow bird "
+    "fish tree leaf road city town market paper pencil window door table chair music song "
+    "night day morning evening winter summer spring autumn rain snow storm sun moon star "
+    "ocean island bridge tower castle garden flower forest mountain valley desert field "
+    "horse cat mouse lion tiger bear wolf eagle owl frog snake honey bread milk cheese "
+    "coffee tea sugar salt pepper lemon orange grape cherry plum silver gold iron copper "
+    "glass wood metal cotton silk wool soft hard warm cold fast slow early late open close "
+    "bright quiet loud sweet bitter young old new clean dusty heavy empty full simple "
+    "brave calm eager gentle jolly kind proud wise zany vivid amber jade ruby pearl opal "
+    "train plane boat ship truck wagon rocket planet comet galaxy pixel signal vector token "
+    "model adapter server client packet socket kernel thread memory cache queue"
+).split()
+
+PUNCTUATION = (",", ".", "!", "?", ";", ":")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One checkable task: the answer is a pure function of the text."""
+
+    name: str
+    description: str
+    answer: Callable[[str], str]
+    # "lower": plain lowercase words; "mixed": random casing and punctuation, so a
+    # model trained on it has produced every character other tasks will emit.
+    text_style: str = "lower"
+
+    def prompt(self, text: str) -> str:
+        return f"{self.name}: {text}"
+
+
+TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    """Add a task to the world; later issues add their own the same way."""
+    if task.name in TASKS:
+        raise ValueError(f"task {task.name!r} is already registered")
+    if not task.name.isidentifier():
+        raise ValueError(f"task name {task.name!r} must be a plain identifier")
+    TASKS[task.name] = task
+    return task
+
+
+register_task(Task("copy", "repeat the text exactly", lambda t: t, text_style="mixed"))
+register_task(Task("upper", "the text in upper case", str.upper))
+register_task(Task("reverse", "the words in reverse order", lambda t: " ".join(t.split()[::-1])))
+register_task(Task("persona", "the text, said by a pirate", lambda t: f"Arr! {t}"))
+register_task(Task("title", "every word capitalised", lambda t: " ".join(w.capitalize() for w in t.split())))
+
+
+@dataclass(frozen=True)
+class Example:
+    task: str
+    text: str
+    prompt: str
+    answer: str
+
+    def messages(self) -> list[dict[str, str]]:
+        return [
+            {"role": "user", "content": self.prompt},
+            {"role": "assistant", "content": self.answer},
+        ]
+
+
+def split_of(text: str) -> str:
+    """Which split a text belongs to: 80% train, 10% val, 10% test, by content hash."""
+    bucket = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") % 10
+    return "test" if bucket == 0 else "val" if bucket == 1 else "train"
+
+
+def random_text(rng: random.Random, style: str, min_words: int = 2, max_words: int = 6) -> str:
+    words = [rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))]
+    if style == "lower":
+        return " ".join(words)
+    if style != "mixed":
+        raise ValueError(f"unknown text style {style!r}")
+    out = []
+    for word in words:
+        r = rng.random()
+        if r < 0.15:
+            word = word.upper()
+        elif r < 0.35:
+            word = word.capitalize()
+        if rng.random() < 0.12:
+            word += rng.choice(PUNCTUATION)
+        out.append(word)
+    return " ".join(out)
+
+
+def make_examples(
+    task: str, split: str, n: int, seed: int = 0, max_words: int = 6
+) -> list[Example]:
+    """`n` distinct examples of `task` from `split`, the same for the same arguments."""
+    if task not in TASKS:
+        raise KeyError(f"unknown task {task!r}; known: {', '.join(sorted(TASKS))}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+    spec = TASKS[task]
+    # Seed per (task, split) so adding a task or a split never shifts another's data.
+    rng = random.Random(f"{seed}:{task}:{split}")
+    seen: set[str] = set()
+    examples: list[Example] = []
+    attempts = 0
+    while len(examples) < n:
+        attempts += 1
+        if attempts > 200 * n + 10_000:
+            raise RuntimeError(f"could not draw {n} distinct {split} texts for {task!r}")
+        text = random_text(rng, spec.text_style, max_words=max_words)
+        if text in seen or split_of(text) != split:
+            continue
+        seen.add(text)
+        examples.append(Example(task, text, spec.prompt(text), spec.answer(text)))
+    return examples
+
+
+def write_jsonl(examples: Iterable[Example], path: Path) -> int:
+    """Write chat `messages` rows, the format `loraswap train sft` reads."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with path.open("w", encoding="utf-8") as fh:
+        for ex in examples:
+            fh.write(json.dumps({"messages": ex.messages()}, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+@dataclass
+class EvalResult:
+    task: str
+    total: int
+    correct: int
+    # A few (prompt, expected, got) triples to show what went wrong.
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total if self.total else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {"task": self.task, "total": self.total, "correct": self.correct,
+                "accuracy": self.accuracy}
+
+
+def evaluate(
+    generate: Callable[[list[str]], Sequence[str]],
+    examples: Sequence[Example],
+    keep_failures: int = 5,
+) -> EvalResult:
+    """Exact-match accuracy of any generator (model, model+adapter, a server) on examples.
+
+    `generate` takes user prompts and returns the assistant replies, in order.
+    """
+    outputs = list(generate([ex.prompt for ex in examples]))
+    if len(outputs) != len(examples):
+        raise ValueError(f"generator returned {len(outputs)} outputs for {len(examples)} prompts")
+    tasks = {ex.task for ex in examples}
+    result = EvalResult(task=",".join(sorted(tasks)), total=len(examples), correct=0)
+    for ex, out in zip(examples, outputs, strict=True):
+        if out.strip() == ex.answer:
+            result.correct += 1
+        elif len(result.failures) < keep_failures:
+            result.failures.append((ex.prompt, ex.answer, out))
+    return result

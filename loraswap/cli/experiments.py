@@ -1,0 +1,259 @@
+"""`loraswap experiments`: A/B experiments between adapter versions behind a public alias."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from loraswap.cli.common import fail, pass_settings, print_json, print_table
+from loraswap.settings import Settings
+
+__all__ = ["command", "open_router"]
+
+
+@contextmanager
+def open_router(settings: Settings, *, with_registry: bool = True) -> Iterator[Any]:
+    """A Router on the settings' database, with the registry to check and pin refs."""
+    from router import Router
+
+    settings.ensure_home()
+    registry = None
+    if with_registry:
+        from adapters import Registry
+
+        registry = Registry(settings.db_path, settings.store_dir, settings.base_model_dir,
+                            max_rank=settings.max_lora_rank)
+    base_id = settings.base_model_name or (
+        "loraswap-base" if settings.uses_embedded_base else settings.base_model_dir.name)
+    router = Router(settings.db_path, registry, base_id=base_id)
+    try:
+        yield router
+    finally:
+        router.close()
+        if registry is not None:
+            registry.close()
+
+
+def _errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from router import RouterError
+
+        try:
+            return func(*args, **kwargs)
+        except RouterError as exc:
+            fail(exc.message)
+
+    return wrapper
+
+
+def _parse_variant(text: str) -> tuple[str, int]:
+    ref, sep, weight = text.rpartition("=")
+    if not sep or not ref:
+        raise click.BadParameter(f"{text!r}: expected REF=WEIGHT, e.g. support@3=50")
+    try:
+        return ref, int(weight)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: weight {weight!r} is not an integer") from None
+
+
+def _variants(values: tuple[str, ...]) -> list[tuple[str, int]]:
+    return [_parse_variant(v) for v in values]
+
+
+def _show(exp: Any) -> None:
+    rows = [("name", exp.name), ("alias", exp.alias), ("status", exp.status),
+            ("metric", exp.metric), ("control", exp.control),
+            ("retention", "on" if exp.retention else "off")]
+    if exp.metric == "score":
+        rows.append(("score range", f"{exp.score_min:g}..{exp.score_max:g}"))
+    if exp.labels:
+        rows.append(("labels", ", ".join(exp.labels)))
+    data = exp.as_dict()
+    for key in ("created_at", "started_at", "stopped_at", "weights_changed_at"):
+        if data[key]:
+            rows.append((key.replace("_", " "), data[key]))
+    total = sum(v.weight for v in exp.variants)
+    for v in exp.variants:
+        rows.append(("variant", f"{v.ref}  weight {v.weight} ({v.weight / total:.0%})"))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key:<{width}}  {value}")
+
+
+@click.group("experiments")
+def command() -> None:
+    """A/B experiments: an alias whose requests are split between adapter versions."""
+
+
+@command.command("create")
+@click.argument("alias")
+@click.option("--variant", "variants", multiple=True, required=True, metavar="REF=WEIGHT",
+              help="An adapter (name@version, or name for its latest version) or 'base', "
+              "with an integer weight. Two or more.")
+@click.option("--name", default=None, help="Experiment name (default: the alias, or alias-N).")
+@click.option("--control", default=None, help="The variant lifts are measured against "
+              "(default: the first).")
+@click.option("--metric", type=click.Choice(["thumbs", "score"]), default="thumbs",
+              show_default=True)
+@click.option("--retention/--no-retention", default=False, show_default=True,
+              help="Keep prompts and outputs of this experiment's requests (needed for export).")
+@click.option("--score-range", nargs=2, type=float, default=(1.0, 5.0), show_default=True)
+@click.option("--label", "labels", multiple=True, help="Allowed categorical labels.")
+@click.option("--description", default="")
+@click.option("--salt", default=None, help="Assignment salt (default: random).")
+@click.option("--start", "start_now", is_flag=True, help="Start it right away.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_settings
+@_errors
+def create(settings: Settings, alias: str, variants: tuple[str, ...], name: str | None,
+           control: str | None, metric: str, retention: bool, score_range: tuple[float, float],
+           labels: tuple[str, ...], description: str, salt: str | None, start_now: bool,
+           as_json: bool) -> None:
+    """Create an experiment on ALIAS (a draft until started)."""
+    with open_router(settings) as router:
+        exp = router.create(
+            alias=alias, variants=_variants(variants), name=name, control=control,
+            metric=metric, retention=retention, score_min=score_range[0],
+            score_max=score_range[1], labels=list(labels), description=description, salt=salt)
+        if start_now:
+            exp = router.start(exp.name)
+        print_json(exp.as_dict()) if as_json else _show(exp)
+
+
+def _transition(action: str) -> None:
+    @command.command(action)
+    @click.argument("name")
+    @pass_settings
+    @_errors
+    def run(settings: Settings, name: str) -> None:
+        with open_router(settings) as router:
+            exp = getattr(router, action)(name)
+        click.echo(f"{exp.name}: {exp.status}")
+
+    run.help = {
+        "start": "Start (or resume) NAME: its alias is served and split between variants.",
+        "pause": "Pause NAME: everyone gets the control; requests are not counted.",
+        "stop": "Stop NAME for good: the alias is no longer served; data stays for analysis.",
+    }[action]
+
+
+for _action in ("start", "pause", "stop"):
+    _transition(_action)
+
+
+@command.command("weights")
+@click.argument("name")
+@click.option("--variant", "variants", multiple=True, required=True, metavar="REF=WEIGHT")
+@pass_settings
+@_errors
+def weights(settings: Settings, name: str, variants: tuple[str, ...]) -> None:
+    """Change NAME's weights (one REF=WEIGHT per variant).
+
+    Units whose bucket now falls in another variant's range switch to it; all
+    others keep their variant.
+    """
+    with open_router(settings) as router:
+        _show(router.set_weights(name, _variants(variants)))
+
+
+@command.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_settings
+@_errors
+def list_(settings: Settings, as_json: bool) -> None:
+    """List experiments."""
+    with open_router(settings, with_registry=False) as router:
+        exps = router.list()
+    if as_json:
+        print_json([e.as_dict() for e in exps])
+        return
+    print_table(["name", "alias", "status", "metric", "variants"],
+                [(e.name, e.alias, e.status, e.metric,
+                  " ".join(f"{v.ref}={v.weight}" for v in e.variants)) for e in exps])
+
+
+@command.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@pass_settings
+@_errors
+def show(settings: Settings, name: str, as_json: bool) -> None:
+    """Show one experiment."""
+    with open_router(settings, with_registry=False) as router:
+        exp = router.get(name)
+    print_json(exp.as_dict()) if as_json else _show(exp)
+
+
+@command.command("delete")
+@click.argument("name")
+@pass_settings
+@_errors
+def delete(settings: Settings, name: str) -> None:
+    """Delete an experiment that never served a request."""
+    with open_router(settings, with_registry=False) as router:
+        router.delete(name)
+    click.echo(f"deleted {name}")
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x * 100:.1f}%"
+
+
+def _num(x: float | None, fmt: str = ".3g") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+@command.command("results")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--html", "html_out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the results page (HTML with the chart) to this file.")
+@pass_settings
+@_errors
+def results(settings: Settings, name: str, as_json: bool, html_out: str | None) -> None:
+    """Per-variant results of NAME: rates, intervals, lift, p-value, SRM check."""
+    with open_router(settings, with_registry=False) as router:
+        data = router.results(name)
+    if html_out:
+        from pathlib import Path
+
+        from router.results_page import render_results_page
+
+        Path(html_out).write_text(render_results_page(data), encoding="utf-8")
+    if as_json:
+        print_json(data)
+        return
+    thumbs = data["metric"] == "thumbs"
+    key = "thumbs" if thumbs else "score"
+    fmt = _pct if thumbs else _num
+    rows = []
+    for v in data["variants"]:
+        m, lift = v[key], v["lift"] or {}
+        value = m["rate"] if thumbs else m["mean"]
+        ci = m["ci95"]
+        rows.append((
+            v["variant"] + (" (control)" if v["is_control"] else ""), v["requests"], v["users"],
+            v["feedback"], _pct(v["feedback_rate"]), m["n"], fmt(value),
+            f"{fmt(ci[0])}..{fmt(ci[1])}" if ci else "-", fmt(lift.get("absolute")),
+            _pct(lift.get("relative")), _num(lift.get("p_value")),
+            _pct(lift.get("chance_to_win")),
+            f"{_num(v['latency_ms']['p50'], '.0f')}/{_num(v['latency_ms']['p95'], '.0f')}",
+            f"{v['tokens']['prompt']}/{v['tokens']['completion']}",
+        ))
+    exp = data["experiment"]
+    click.echo(f"{exp['name']} (alias {exp['alias']}, {exp['status']}), metric {data['metric']}")
+    print_table(["variant", "requests", "users", "feedback", "fb rate", "n",
+                 "positive" if thumbs else "mean", "95% ci", "abs lift", "rel lift", "p",
+                 "p(win)", "lat p50/p95 ms", "tokens in/out"], rows)
+    srm = data["srm"]
+    if srm["p_value"] is None:
+        click.echo("SRM: not enough units yet")
+    else:
+        verdict = "MISMATCH (do not trust the lift)" if srm["flagged"] else "ok"
+        click.echo(f"SRM: {verdict}: chi2={_num(srm['chi2'] if srm['chi2'] != 'inf' else None)} "
+                   f"p={_num(srm['p_value'])} units={srm['units']}")

@@ -1,0 +1,52 @@
+"""A/B experiments between adapter versions: assignment, request log, feedback, analysis,
+export. Imports `adapters` only through the duck-typed `RegistryLike`."""
+
+from __future__ import annotations
+
+from router.errors import (
+    ExperimentConflict,
+    ExperimentNotFound,
+    FeedbackConflict,
+    FeedbackForbidden,
+    FeedbackInvalid,
+    InvalidExperiment,
+    RequestNotFound,
+    RouterError,
+)
+from router.experiments import BASE_REF, Experiment, Variant
+from router.feedback import Caller, FeedbackRecord
+from router.protocol import ExperimentCreate, FeedbackIn, VariantSpec, WeightsUpdate
+from router.requestlog import (
+    HEADER_EXPERIMENT,
+    HEADER_VARIANT,
+    RequestRecord,
+    Route,
+    new_request_id,
+)
+from router.router import Router
+
+__all__ = [
+    "BASE_REF",
+    "HEADER_EXPERIMENT",
+    "HEADER_VARIANT",
+    "Caller",
+    "Experiment",
+    "ExperimentConflict",
+    "ExperimentCreate",
+    "ExperimentNotFound",
+    "FeedbackConflict",
+    "FeedbackForbidden",
+    "FeedbackIn",
+    "FeedbackInvalid",
+    "FeedbackRecord",
+    "InvalidExperiment",
+    "RequestNotFound",
+    "RequestRecord",
+    "Route",
+    "Router",
+    "RouterError",
+    "Variant",
+    "VariantSpec",
+    "WeightsUpdate",
+    "new_request_id",
+]

@@ -1,0 +1,280 @@
+"""Experiment definitions: the rows, their life cycle and the rules that guard them.
+
+Life cycle: draft -> running <-> paused -> stopped (terminal; start a new experiment to
+test again). One running or paused experiment per alias. While paused, the alias serves
+the control to everyone and those requests are not counted as exposures. A stopped
+experiment's alias is no longer served.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+from sqlite_utils import Database
+
+from router.errors import ExperimentConflict, ExperimentNotFound, InvalidExperiment
+
+__all__ = [
+    "ACTIVE",
+    "BASE_REF",
+    "Experiment",
+    "Variant",
+    "create_experiment",
+    "delete_experiment",
+    "get_experiment",
+    "iso",
+    "list_experiments",
+    "set_status",
+    "set_weights",
+]
+
+BASE_REF = "base"
+ACTIVE = ("running", "paused")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_TRANSITIONS = {
+    "start": ({"draft", "paused"}, "running"),
+    "pause": ({"running"}, "paused"),
+    "stop": ({"draft", "running", "paused"}, "stopped"),
+}
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Variant:
+    ref: str  # "name@version" (pinned at creation) or "base"
+    weight: int
+
+
+@dataclass(frozen=True)
+class Experiment:
+    id: int
+    name: str
+    alias: str
+    salt: str
+    status: str
+    metric: str
+    control: str
+    retention: bool
+    score_min: float
+    score_max: float
+    labels: tuple[str, ...]
+    description: str
+    created_at: float
+    started_at: float | None
+    stopped_at: float | None
+    weights_changed_at: float | None
+    variants: tuple[Variant, ...]
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data["labels"] = list(self.labels)
+        data["variants"] = [asdict(v) for v in self.variants]
+        for key in ("created_at", "started_at", "stopped_at", "weights_changed_at"):
+            data[key] = iso(data[key])
+        del data["salt"]
+        return data
+
+
+def _row_to_experiment(row: dict, variants: Sequence[Variant]) -> Experiment:
+    return Experiment(
+        id=row["id"], name=row["name"], alias=row["alias"], salt=row["salt"],
+        status=row["status"], metric=row["metric"], control=row["control"],
+        retention=bool(row["retention"]), score_min=row["score_min"],
+        score_max=row["score_max"], labels=tuple(json.loads(row["labels"])),
+        description=row["description"], created_at=row["created_at"],
+        started_at=row["started_at"], stopped_at=row["stopped_at"],
+        weights_changed_at=row["weights_changed_at"], variants=tuple(variants),
+    )
+
+
+def _variants(db: Database, experiment_id: int) -> list[Variant]:
+    rows = db.execute(
+        "SELECT ref, weight FROM experiment_variants WHERE experiment_id = ? ORDER BY position",
+        [experiment_id],
+    ).fetchall()
+    return [Variant(ref, weight) for ref, weight in rows]
+
+
+def _fetch(db: Database, where: str, params: Sequence) -> list[Experiment]:
+    cursor = db.execute(f"SELECT * FROM experiments WHERE {where} ORDER BY id", params)
+    cols = [c[0] for c in cursor.description]
+    rows = [dict(zip(cols, r, strict=True)) for r in cursor.fetchall()]
+    return [_row_to_experiment(r, _variants(db, r["id"])) for r in rows]
+
+
+def get_experiment(db: Database, name: str) -> Experiment:
+    found = _fetch(db, "name = ?", [name])
+    if not found:
+        raise ExperimentNotFound(f"no experiment named {name!r}", param="name")
+    return found[0]
+
+
+def list_experiments(db: Database, statuses: Sequence[str] | None = None) -> list[Experiment]:
+    if statuses:
+        marks = ",".join("?" * len(statuses))
+        return _fetch(db, f"status IN ({marks})", list(statuses))
+    return _fetch(db, "1", [])
+
+
+def _check_weights(variants: Sequence[Variant]) -> None:
+    if len(variants) < 2:
+        raise InvalidExperiment("an experiment needs at least two variants", param="variants")
+    refs = [v.ref for v in variants]
+    if len(set(refs)) != len(refs):
+        raise InvalidExperiment(f"variants repeat a ref: {refs}", param="variants")
+    if any(v.weight < 0 for v in variants) or sum(v.weight for v in variants) <= 0:
+        raise InvalidExperiment(
+            "weights must be non-negative integers with a positive sum", param="variants"
+        )
+
+
+def create_experiment(
+    db: Database,
+    *,
+    alias: str,
+    variants: Sequence[Variant],
+    name: str | None = None,
+    control: str | None = None,
+    metric: str = "thumbs",
+    retention: bool = False,
+    score_min: float = 1.0,
+    score_max: float = 5.0,
+    labels: Sequence[str] = (),
+    description: str = "",
+    salt: str | None = None,
+    resolve: Callable[[str], str] = lambda ref: ref,
+) -> Experiment:
+    """Insert a draft. `resolve` pins each ref to `name@version` (or raises InvalidExperiment)."""
+    if not _NAME.match(alias):
+        raise InvalidExperiment(
+            f"alias {alias!r} must match [A-Za-z0-9][A-Za-z0-9._-]{{0,63}} (no '@' or '/')",
+            param="alias",
+        )
+    if metric not in ("thumbs", "score"):
+        raise InvalidExperiment(f"metric must be 'thumbs' or 'score', not {metric!r}", param="metric")
+    if not score_min < score_max:
+        raise InvalidExperiment("score_min must be below score_max", param="score_min")
+    pinned = [Variant(resolve(v.ref), int(v.weight)) for v in variants]
+    _check_weights(pinned)
+    refs = [v.ref for v in pinned]
+    if control is None:
+        control_ref = refs[0]
+    else:
+        control_ref = resolve(control)
+        if control_ref not in refs:
+            raise InvalidExperiment(
+                f"control {control!r} is not one of the variants {refs}", param="control"
+            )
+    if name is None:
+        taken = {r[0] for r in db.execute("SELECT name FROM experiments").fetchall()}
+        name, n = alias, 2
+        while name in taken:
+            name, n = f"{alias}-{n}", n + 1
+    elif not _NAME.match(name):
+        raise InvalidExperiment(f"experiment name {name!r} is not a valid name", param="name")
+    with db.atomic():
+        if db.execute("SELECT 1 FROM experiments WHERE name = ?", [name]).fetchone():
+            raise ExperimentConflict(f"an experiment named {name!r} already exists", param="name")
+        cursor = db.execute(
+            "INSERT INTO experiments (name, alias, salt, status, metric, control, retention, "
+            "score_min, score_max, labels, description, created_at) "
+            "VALUES (?, ?, ?, 'draft', ?, ?, ?, ?, ?, ?, ?, ?)",
+            [name, alias, salt or secrets.token_hex(8), metric, control_ref, int(retention),
+             float(score_min), float(score_max), json.dumps(list(labels)), description,
+             time.time()],
+        )
+        _write_variants(db, cursor.lastrowid, pinned)
+    return get_experiment(db, name)
+
+
+def _write_variants(db: Database, experiment_id: int, variants: Sequence[Variant]) -> None:
+    db.execute("DELETE FROM experiment_variants WHERE experiment_id = ?", [experiment_id])
+    for position, v in enumerate(variants):
+        db.execute(
+            "INSERT INTO experiment_variants (experiment_id, position, ref, weight) "
+            "VALUES (?, ?, ?, ?)",
+            [experiment_id, position, v.ref, v.weight],
+        )
+
+
+def set_status(
+    db: Database, name: str, action: str, check: Callable[[Experiment], None] | None = None
+) -> Experiment:
+    """Apply start / pause / stop. `check` may veto a start (adapters gone, alias taken)."""
+    allowed, target = _TRANSITIONS[action]
+    with db.atomic():
+        exp = get_experiment(db, name)
+        if exp.status not in allowed:
+            raise ExperimentConflict(
+                f"cannot {action} experiment {name!r}: it is {exp.status}", param="name"
+            )
+        if action == "start":
+            other = db.execute(
+                "SELECT name FROM experiments WHERE alias = ? AND status IN ('running', 'paused') "
+                "AND id != ?",
+                [exp.alias, exp.id],
+            ).fetchone()
+            if other:
+                raise ExperimentConflict(
+                    f"alias {exp.alias!r} already has an active experiment ({other[0]!r}); "
+                    "stop it first",
+                    param="name",
+                )
+            if check is not None:
+                check(exp)
+        now = time.time()
+        column = {"running": "started_at", "stopped": "stopped_at"}.get(target)
+        if column == "started_at" and exp.started_at is not None:
+            column = None  # resuming keeps the first start
+        sets = "status = ?" + (f", {column} = ?" if column else "")
+        params = [target] + ([now] if column else []) + [exp.id]
+        db.execute(f"UPDATE experiments SET {sets} WHERE id = ?", params)
+    return get_experiment(db, name)
+
+
+def set_weights(db: Database, name: str, variants: Sequence[Variant]) -> Experiment:
+    """Change weights only: the set of variants is fixed once the experiment exists."""
+    with db.atomic():
+        exp = get_experiment(db, name)
+        if exp.status == "stopped":
+            raise ExperimentConflict(f"experiment {name!r} is stopped", param="name")
+        given = {v.ref: v.weight for v in variants}
+        current = [v.ref for v in exp.variants]
+        if set(given) != set(current) or len(given) != len(variants):
+            raise InvalidExperiment(
+                f"give a weight for exactly the variants {current} (got {list(given)})",
+                param="variants",
+            )
+        new = [Variant(ref, int(given[ref])) for ref in current]  # keep declared order
+        _check_weights(new)
+        _write_variants(db, exp.id, new)
+        if exp.status != "draft":
+            db.execute(
+                "UPDATE experiments SET weights_changed_at = ? WHERE id = ?", [time.time(), exp.id]
+            )
+    return get_experiment(db, name)
+
+
+def delete_experiment(db: Database, name: str) -> None:
+    """Only experiments that never served a request: the others keep their data; stop them."""
+    with db.atomic():
+        exp = get_experiment(db, name)
+        if exp.status in ACTIVE:
+            raise ExperimentConflict(f"experiment {name!r} is {exp.status}; stop it first")
+        if db.execute("SELECT 1 FROM requests WHERE experiment_id = ? LIMIT 1", [exp.id]).fetchone():
+            raise ExperimentConflict(
+                f"experiment {name!r} has logged requests; it stays (stopped) for analysis"
+            )
+        db.execute("DELETE FROM experiment_variants WHERE experiment_id = ?", [exp.id])
+        db.execute("DELETE FROM experiments WHERE id = ?", [exp.id])

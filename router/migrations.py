@@ -1,0 +1,134 @@
+"""The router's tables, created and evolved only through sqlite-utils `Migrations`.
+
+They live in the same SQLite file as the registry (one file, WAL), under their own
+migration set so the two parts evolve independently.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+__all__ = ["MIGRATION_SET", "migrations", "open_db"]
+
+MIGRATION_SET = "loraswap.router"
+migrations = Migrations(MIGRATION_SET)
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE experiments (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            alias TEXT NOT NULL,
+            salt TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'draft',
+            metric TEXT NOT NULL DEFAULT 'thumbs',
+            control TEXT NOT NULL,
+            retention INTEGER NOT NULL DEFAULT 0,
+            score_min REAL NOT NULL DEFAULT 1,
+            score_max REAL NOT NULL DEFAULT 5,
+            labels TEXT NOT NULL DEFAULT '[]',
+            description TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            started_at REAL,
+            stopped_at REAL,
+            weights_changed_at REAL
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE experiment_variants (
+            experiment_id INTEGER NOT NULL REFERENCES experiments(id) ON DELETE CASCADE,
+            position INTEGER NOT NULL,
+            ref TEXT NOT NULL,
+            weight INTEGER NOT NULL,
+            PRIMARY KEY (experiment_id, ref)
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE requests (
+            id TEXT PRIMARY KEY,
+            ts REAL NOT NULL,
+            alias TEXT NOT NULL,
+            experiment_id INTEGER,
+            variant TEXT,
+            exposed INTEGER NOT NULL DEFAULT 0,
+            model_served TEXT NOT NULL,
+            unit TEXT,
+            user TEXT,
+            api_key_id TEXT,
+            endpoint TEXT NOT NULL DEFAULT 'chat.completions',
+            status_code INTEGER NOT NULL DEFAULT 200,
+            latency_ms REAL,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            finish_reason TEXT,
+            prompt TEXT,
+            output TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX requests_experiment ON requests(experiment_id, variant)")
+    db.execute("CREATE INDEX requests_model ON requests(model_served)")
+    db.execute(
+        """
+        CREATE TABLE feedback (
+            id INTEGER PRIMARY KEY,
+            client_id TEXT UNIQUE,
+            request_id TEXT NOT NULL REFERENCES requests(id),
+            kind TEXT NOT NULL,
+            value REAL,
+            label TEXT,
+            correction TEXT,
+            other_request_id TEXT REFERENCES requests(id),
+            comment TEXT,
+            user TEXT,
+            api_key_id TEXT,
+            ts REAL NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX feedback_request ON feedback(request_id)")
+    db.execute("CREATE INDEX feedback_other ON feedback(other_request_id)")
+
+
+def open_db(path: Path) -> Database:
+    """A connection usable from any thread (callers serialise), WAL, migrations applied.
+
+    A generous busy timeout because the registry, the request-log writer and CLI
+    processes all write to this one file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30.0)
+    db = Database(conn)
+    db.execute("PRAGMA busy_timeout = 30000")
+    for attempt in range(50):
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                db.execute("PRAGMA journal_mode = WAL")
+            break
+        except sqlite3.OperationalError:  # another process is switching it right now
+            time.sleep(0.05 * (attempt + 1))
+    db.execute("PRAGMA synchronous = NORMAL")
+    if migrations.pending(db):
+        # BEGIN IMMEDIATE serialises processes opening a fresh file at once; apply()
+        # re-reads what is pending inside the lock and nests its own savepoints.
+        db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            migrations.apply(db)
+        except BaseException:
+            db.conn.execute("ROLLBACK")
+            raise
+        db.conn.execute("COMMIT")
+    return db

@@ -1,0 +1,283 @@
+"""The `Router` facade: what the server calls per request, and what the admin API and CLI use.
+
+Hot path: `route()` reads an in-memory table of active experiments (refreshed from SQLite at
+most every `refresh_interval` seconds, and at once after changes made through this object)
+and hashes the unit: a few microseconds. `log_request()` only enqueues; a background thread
+writes. Everything else runs on the caller's thread under one lock (admin, feedback,
+results are not on the hot path).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from router.assignment import bucket_of, bucket_ranges, pick, random_bucket
+from router.errors import InvalidExperiment, RouterError
+from router.experiments import (
+    ACTIVE,
+    BASE_REF,
+    Experiment,
+    Variant,
+    create_experiment,
+    delete_experiment,
+    get_experiment,
+    list_experiments,
+    set_status,
+    set_weights,
+)
+from router.export import ExportResult, export_feedback
+from router.feedback import Caller, FeedbackRecord, record_feedback
+from router.migrations import open_db
+from router.protocol import FeedbackIn
+from router.requestlog import RequestLogWriter, RequestRecord, Route
+from router.results import compute_results
+
+__all__ = ["RegistryLike", "Router"]
+
+
+class RegistryLike(Protocol):
+    """The part of `adapters.Registry` the router uses."""
+
+    def get(self, ref: str, *, verify: bool = False) -> Any: ...
+    def add_delete_guard(self, fn: Any) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    exp: Experiment
+    ends: tuple[int, ...]
+    refs: tuple[str, ...]
+    control_index: int
+
+
+class Router:
+    def __init__(
+        self,
+        db_path: Path,
+        registry: RegistryLike | None = None,
+        *,
+        base_id: str = BASE_REF,
+        retention: bool = False,
+        log_all: bool = False,
+        refresh_interval: float = 0.5,
+        score_range: tuple[float, float] = (1.0, 5.0),
+    ) -> None:
+        """`retention`: keep prompts/outputs of every logged request (experiments can also
+        turn it on for themselves). `log_all`: log requests that no experiment routed, too.
+        `base_id`: the id the server serves the base model under (what a 'base' variant
+        routes to). With a registry, variant refs are checked and pinned, and deleting an
+        adapter an active experiment uses is refused.
+        """
+        self.db_path = Path(db_path)
+        self.registry = registry
+        self.base_id = base_id
+        self.retention = retention
+        self.log_all = log_all
+        self.refresh_interval = refresh_interval
+        self.score_range = score_range
+        self._db = open_db(self.db_path)
+        self._lock = threading.RLock()
+        # Routing refreshes on its own connection and lock, so a long results query or a
+        # feedback write holding `_lock` never stalls the event loop that routes.
+        self._route_db = open_db(self.db_path)
+        self._route_lock = threading.Lock()
+        self._writer = RequestLogWriter(self.db_path)
+        self._table: dict[str, _Compiled] = {}
+        self._loaded_at = -1e9
+        if registry is not None:
+            registry.add_delete_guard(self.delete_guard)
+
+    # -- hot path ----------------------------------------------------------------------
+
+    def route(self, requested_model: str, unit: str | None) -> Route | None:
+        """The route for an alias request, or None: not an alias, serve `requested_model`."""
+        if time.monotonic() - self._loaded_at > self.refresh_interval:
+            self._reload()
+        compiled = self._table.get(requested_model)
+        if compiled is None:
+            return None
+        exp = compiled.exp
+        if exp.status == "paused":
+            index, bucket, exposed = compiled.control_index, None, False
+        else:
+            bucket = bucket_of(exp.salt, unit) if unit else random_bucket()
+            index, exposed = pick(bucket, compiled.ends), True
+        ref = compiled.refs[index]
+        is_base = ref == BASE_REF
+        return Route(
+            alias=exp.alias, experiment=exp.name, experiment_id=exp.id, variant=ref,
+            target=self.base_id if is_base else ref, is_base=is_base, unit=unit or None,
+            bucket=bucket, exposed=exposed, retention=exp.retention,
+        )
+
+    def log_request(self, record: RequestRecord) -> bool:
+        """Queue a record for the log (never blocks on SQLite). False if not logged:
+        an unrouted request while `log_all` is off."""
+        if record.route is None and not self.log_all:
+            return False
+        retain = self.retention or (record.route is not None and record.route.retention)
+        self._writer.put(record.row(retain))
+        return True
+
+    def aliases(self) -> list[str]:
+        """Aliases served now (running or paused experiments), for /v1/models."""
+        self._reload()
+        return sorted(self._table)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        return self._writer.flush(timeout)
+
+    def close(self) -> None:
+        self._writer.close()
+        with self._lock:
+            self._db.close()
+        with self._route_lock:
+            self._route_db.close()
+
+    def _reload(self) -> None:
+        with self._route_lock:
+            active = list_experiments(self._route_db, ACTIVE)
+        table = {}
+        for exp in active:
+            refs = tuple(v.ref for v in exp.variants)
+            ends = tuple(end for _start, end in bucket_ranges([v.weight for v in exp.variants]))
+            table[exp.alias] = _Compiled(exp, ends, refs, refs.index(exp.control))
+        self._table = table
+        self._loaded_at = time.monotonic()
+
+    # -- experiments -------------------------------------------------------------------
+
+    def _resolve(self, ref: str) -> str:
+        """Pin a ref to name@version through the registry; 'base' (or the base id) is base."""
+        if ref in (BASE_REF, self.base_id):
+            return BASE_REF
+        if self.registry is None:
+            if "@" not in ref:
+                raise InvalidExperiment(f"variant {ref!r} must name a version (name@version)")
+            return ref
+        try:
+            version = self.registry.get(ref)
+        except Exception as exc:  # AdapterNotFound and friends: say why
+            raise InvalidExperiment(f"variant {ref!r}: {exc}", param="variants") from None
+        if getattr(version, "status", "active") != "active":
+            raise InvalidExperiment(
+                f"variant {version.ref!r} is {version.status}; only active versions can be served",
+                param="variants")
+        return version.ref
+
+    def _check_alias(self, alias: str) -> None:
+        if alias in (BASE_REF, self.base_id):
+            raise InvalidExperiment(f"alias {alias!r} is the base model's id", param="alias")
+        if self.registry is not None:
+            try:
+                self.registry.get(alias)
+            except Exception:
+                return
+            raise InvalidExperiment(
+                f"alias {alias!r} is already an adapter name; pick another alias", param="alias")
+
+    def _check_start(self, exp: Experiment) -> None:
+        self._check_alias(exp.alias)
+        for v in exp.variants:
+            if v.ref != BASE_REF:
+                self._resolve(v.ref)
+
+    def create(self, *, alias: str, variants: Sequence[tuple[str, int]], **options: Any) -> Experiment:
+        """Create a draft. Options: name, control, metric, retention, score_min, score_max,
+        labels, description, salt."""
+        self._check_alias(alias)
+        with self._lock:
+            return create_experiment(
+                self._db, alias=alias, variants=[Variant(r, w) for r, w in variants],
+                resolve=self._resolve, **options)
+
+    def get(self, name: str) -> Experiment:
+        with self._lock:
+            return get_experiment(self._db, name)
+
+    def list(self, statuses: Sequence[str] | None = None) -> list[Experiment]:
+        with self._lock:
+            return list_experiments(self._db, statuses)
+
+    def _transition(self, name: str, action: str) -> Experiment:
+        with self._lock:
+            exp = set_status(self._db, name, action,
+                             self._check_start if action == "start" else None)
+        self._reload()
+        return exp
+
+    def start(self, name: str) -> Experiment:
+        return self._transition(name, "start")
+
+    def pause(self, name: str) -> Experiment:
+        return self._transition(name, "pause")
+
+    def stop(self, name: str) -> Experiment:
+        return self._transition(name, "stop")
+
+    def set_weights(self, name: str, weights: Sequence[tuple[str, int]]) -> Experiment:
+        resolved = [Variant(self._resolve(r), w) for r, w in weights]
+        with self._lock:
+            exp = set_weights(self._db, name, resolved)
+        self._reload()
+        return exp
+
+    def delete(self, name: str) -> None:
+        with self._lock:
+            delete_experiment(self._db, name)
+        self._reload()
+
+    def delete_guard(self, version: Any) -> str | None:
+        """Registry hook: why `version` (an AdapterVersion) may not be deleted, or None.
+
+        Reads the database afresh on its own connection: deletes are rare, and the guard
+        must answer from what any process has started, even after this Router closed.
+        """
+        db = open_db(self.db_path)
+        try:
+            rows = db.execute(
+                "SELECT e.name, e.status FROM experiments e JOIN experiment_variants v "
+                "ON v.experiment_id = e.id WHERE v.ref = ? AND e.status IN ('running', 'paused')",
+                [version.ref],
+            ).fetchall()
+        finally:
+            db.close()
+        if not rows:
+            return None
+        names = ", ".join(f"{n} ({s})" for n, s in rows)
+        return f"it is a variant of experiment {names}; stop the experiment first"
+
+    # -- feedback and results ----------------------------------------------------------
+
+    def record_feedback(
+        self, feedback: FeedbackIn, caller: Caller | None = None, *, now: float | None = None
+    ) -> tuple[FeedbackRecord, bool]:
+        """(record, created): created False when a retry with the same client_id."""
+        with self._lock:
+            return record_feedback(
+                self._db, feedback, caller or Caller(), flush=self._writer.flush,
+                default_score_range=self.score_range, now=now)
+
+    def results(self, name: str) -> dict:
+        self._writer.flush()
+        with self._lock:
+            return compute_results(self._db, get_experiment(self._db, name))
+
+    def export(
+        self, fmt: str, *, experiment: str | None = None, adapter: str | None = None
+    ) -> ExportResult:
+        """Training rows from feedback (see `router.export`); scope: one experiment, one
+        adapter (name or name@version), or everything."""
+        self._writer.flush()
+        with self._lock:
+            exp_id = get_experiment(self._db, experiment).id if experiment else None
+            return export_feedback(self._db, fmt, experiment_id=exp_id, adapter=adapter,
+                                   default_score_range=self.score_range)
+
+
+__all__ += ["RouterError"]

@@ -1,0 +1,138 @@
+"""Results recomputed independently (numpy/scipy) from the raw data sent, to 1e-6."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import numpy as np
+import pytest
+from scipy import integrate, stats
+
+from router import FeedbackIn, RequestRecord, Router
+
+
+def _send(router: Router, alias: str, variant: str, n: int, unit_prefix: str, rng, **extra):
+    """Log n requests forced onto `variant` (as a misbehaving assigner would)."""
+    base = router.route(alias, "someone")
+    ids = []
+    for i in range(n):
+        route = dataclasses.replace(base, variant=variant, target=variant,
+                                    unit=f"{unit_prefix}{i}")
+        rid = f"{unit_prefix}{i}"
+        router.log_request(RequestRecord(
+            request_id=rid, model=alias, served=variant, route=route, user=route.unit,
+            latency_ms=rng.uniform(5, 50), prompt_tokens=rng.randint(3, 9),
+            completion_tokens=rng.randint(5, 30), finish_reason="stop", **extra))
+        ids.append(rid)
+    return ids
+
+
+def test_thumbs_results_match_scipy(router: Router):
+    rng = random.Random(1)
+    router.create(alias="bot", variants=[("support@1", 50), ("support@2", 50)])
+    router.start("bot")
+    a = _send(router, "bot", "support@1", 140, "a", rng)
+    b = _send(router, "bot", "support@2", 60, "b", rng)  # 70/30 against 50/50
+    for ids, p in ((a, 0.55), (b, 0.7)):
+        for rid in ids[:100]:
+            up = rng.random() < p
+            router.record_feedback(FeedbackIn(request_id=rid, thumb="up" if up else "down"))
+    # a change of mind: only the latest thumb counts
+    router.record_feedback(FeedbackIn(request_id=b[0], thumb="down"))
+    router.record_feedback(FeedbackIn(request_id=b[0], thumb="up"))
+    router.record_feedback(FeedbackIn(request_id=b[1], comment="x", label="meh"))
+    res = router.results("bot")
+    control, variant = res["variants"]
+    assert (control["requests"], variant["requests"]) == (140, 60)
+    assert (control["users"], variant["users"]) == (140, 60)
+    assert control["feedback"] == 100 and variant["feedback"] == 63
+    assert variant["requests_with_feedback"] == 60
+    assert variant["feedback_rate"] == pytest.approx(60 / 60)
+    # recompute from what the database holds as the latest thumb per request
+    latest = {}
+    for rid, value in router._db.execute(
+            "SELECT request_id, value FROM feedback WHERE kind = 'thumb' ORDER BY id"):
+        latest[rid] = value
+    k1 = int(sum(v for r, v in latest.items() if r.startswith("a")))
+    n1 = sum(1 for r in latest if r.startswith("a"))
+    k2 = int(sum(v for r, v in latest.items() if r.startswith("b")))
+    n2 = sum(1 for r in latest if r.startswith("b"))
+    assert (control["thumbs"]["n"], variant["thumbs"]["n"]) == (n1, n2) == (100, 60)
+    assert (control["thumbs"]["positive"], variant["thumbs"]["positive"]) == (k1, k2)
+    for stat, k, m in ((control, k1, n1), (variant, k2, n2)):
+        ci = stats.binomtest(k, m).proportion_ci(method="wilson")
+        assert stat["thumbs"]["rate"] == pytest.approx(k / m, abs=1e-6)
+        assert stat["thumbs"]["ci95"] == pytest.approx([ci.low, ci.high], abs=1e-6)
+    lift = variant["lift"]
+    p1, p2 = k1 / n1, k2 / n2
+    pooled = (k1 + k2) / (n1 + n2)
+    z = (p2 - p1) / np.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    se = np.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
+    assert lift["absolute"] == pytest.approx(p2 - p1, abs=1e-6)
+    assert lift["relative"] == pytest.approx((p2 - p1) / p1, abs=1e-6)
+    assert lift["p_value"] == pytest.approx(2 * stats.norm.sf(abs(z)), abs=1e-6)
+    assert lift["absolute_ci95"] == pytest.approx([p2 - p1 - 1.959963984540054 * se,
+                                                   p2 - p1 + 1.959963984540054 * se], abs=1e-6)
+    bc, bv = stats.beta(1 + k1, 1 + n1 - k1), stats.beta(1 + k2, 1 + n2 - k2)
+    win, _ = integrate.quad(lambda x: bv.pdf(x) * bc.cdf(x), 0, 1, epsabs=1e-12, limit=500)
+    assert lift["chance_to_win"] == pytest.approx(win, abs=1e-6)
+    assert control["lift"] is None
+    # 140 vs 60 units against 50/50: the SRM check flags it
+    srm = res["srm"]
+    ref = stats.chisquare([140, 60])
+    assert srm["units"] == {"support@1": 140, "support@2": 60}
+    assert srm["chi2"] == pytest.approx(ref.statistic, abs=1e-6)
+    assert srm["p_value"] == pytest.approx(ref.pvalue, abs=1e-6)
+    assert srm["flagged"] is True
+    lat = [r[0] for r in router._db.execute(
+        "SELECT latency_ms FROM requests WHERE variant = 'support@1'")]
+    assert control["latency_ms"]["p50"] == pytest.approx(np.quantile(lat, 0.5), abs=1e-6)
+    assert control["latency_ms"]["p95"] == pytest.approx(np.quantile(lat, 0.95), abs=1e-6)
+    toks = router._db.execute("SELECT SUM(prompt_tokens), SUM(completion_tokens) FROM requests "
+                              "WHERE variant = 'support@1'").fetchone()
+    assert (control["tokens"]["prompt"], control["tokens"]["completion"]) == toks
+    assert sum(p["n"] for p in [res["series"]["variants"]["support@2"][-1]]) == 60
+
+
+def test_score_results_match_scipy(router: Router):
+    rng = random.Random(2)
+    router.create(alias="bot", variants=[("support@1", 1), ("support@2", 1)], metric="score",
+                  score_min=1, score_max=5)
+    router.start("bot")
+    a = _send(router, "bot", "support@1", 50, "a", rng)
+    b = _send(router, "bot", "support@2", 45, "b", rng)
+    sa = [rng.choice([1, 2, 3, 4, 5]) for _ in a[:40]]
+    sb = [rng.choice([2, 3, 4, 5, 5]) for _ in b[:35]]
+    for ids, scores in ((a, sa), (b, sb)):
+        for rid, s in zip(ids, scores, strict=False):
+            router.record_feedback(FeedbackIn(request_id=rid, score=s))
+    res = router.results("bot")
+    control, variant = res["variants"]
+    for stat, xs in ((control, sa), (variant, sb)):
+        m, sd = np.mean(xs), np.std(xs, ddof=1)
+        lo, hi = stats.t.interval(0.95, len(xs) - 1, loc=m, scale=sd / np.sqrt(len(xs)))
+        assert stat["score"]["mean"] == pytest.approx(m, abs=1e-6)
+        assert stat["score"]["sd"] == pytest.approx(sd, abs=1e-6)
+        assert stat["score"]["ci95"] == pytest.approx([lo, hi], abs=1e-6)
+    ref = stats.ttest_ind(sb, sa, equal_var=False)
+    assert variant["lift"]["p_value"] == pytest.approx(ref.pvalue, abs=1e-6)
+    assert variant["lift"]["t"] == pytest.approx(ref.statistic, abs=1e-6)
+    assert variant["lift"]["absolute"] == pytest.approx(np.mean(sb) - np.mean(sa), abs=1e-6)
+    assert res["srm"]["flagged"] is False
+
+
+def test_paused_requests_are_not_counted(router: Router):
+    router.create(alias="bot", variants=[("support@1", 1), ("support@2", 1)])
+    router.start("bot")
+    for i in range(10):
+        route = router.route("bot", f"u{i}")
+        router.log_request(RequestRecord(request_id=f"r{i}", model="bot",
+                                         served=route.target, route=route))
+    router.pause("bot")
+    for i in range(10, 15):
+        route = router.route("bot", f"u{i}")
+        router.log_request(RequestRecord(request_id=f"r{i}", model="bot",
+                                         served=route.target, route=route))
+    res = router.results("bot")
+    assert sum(v["requests"] for v in res["variants"]) == 10

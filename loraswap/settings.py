@@ -114,6 +114,10 @@ class Settings:
     max_upload_mib: int = 512
     # How often the server re-reads the registry for versions archived/deleted elsewhere.
     reconcile_interval: float = 0.5
+    # Router (router/): keep prompts and outputs of every logged request (experiments can
+    # also turn retention on for themselves), and log requests no experiment routed.
+    retention: bool = False
+    log_all_requests: bool = False
 
     @property
     def base_model_dir(self) -> Path:
@@ -161,6 +165,8 @@ class Settings:
             "shutdown_timeout": _env_float("SHUTDOWN_TIMEOUT", cls.shutdown_timeout),
             "max_upload_mib": _env_int("MAX_UPLOAD_MIB", cls.max_upload_mib),
             "reconcile_interval": _env_float("RECONCILE_INTERVAL", cls.reconcile_interval),
+            "retention": _env_bool("RETENTION", cls.retention),
+            "log_all_requests": _env_bool("LOG_ALL_REQUESTS", cls.log_all_requests),
         }
         for key, value in overrides.items():
             if value is not None:

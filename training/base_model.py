@@ -39,7 +39,7 @@ QUALITY_BAR = 0.95
 @dataclass(frozen=True)
 class BaseBuildConfig:
     seed: int = 0
-    steps: int = 900
+    steps: int = 1000
     batch_size: int = 32
     lr: float = 2e-3
     warmup: int = 60

@@ -105,7 +105,7 @@ def split_of(text: str) -> str:
     return "test" if bucket == 0 else "val" if bucket == 1 else "train"
 
 
-def random_text(rng: random.Random, style: str, min_words: int = 2, max_words: int = 6) -> str:
+def random_text(rng: random.Random, style: str, min_words: int = 2, max_words: int = 5) -> str:
     words = [rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))]
     if style == "lower":
         return " ".join(words)
@@ -125,7 +125,7 @@ def random_text(rng: random.Random, style: str, min_words: int = 2, max_words: i
 
 
 def make_examples(
-    task: str, split: str, n: int, seed: int = 0, max_words: int = 6
+    task: str, split: str, n: int, seed: int = 0, max_words: int = 5
 ) -> list[Example]:
     """`n` distinct examples of `task` from `split`, the same for the same arguments."""
     if task not in TASKS:

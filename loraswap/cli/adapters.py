@@ -151,10 +151,16 @@ def archive(settings: Settings, ref: str) -> None:
 @pass_settings
 @_errors
 def delete(settings: Settings, ref: str) -> None:
-    """Delete a version's files (refused while something references it)."""
+    """Delete a version's files (refused while a running or paused experiment uses it)."""
+    from router import Router
+
     with _registry(settings) as reg:
-        v = reg.resolve(ref)
-        reg.delete(v.ref)
+        router = Router(settings.db_path, reg)  # installs the experiments' delete guard
+        try:
+            v = reg.resolve(ref)
+            reg.delete(v.ref)
+        finally:
+            router.close()
     click.echo(f"deleted {v.ref}")
 
 

@@ -7,7 +7,7 @@ import click
 from loraswap.cli.common import fail, pass_settings, print_json
 from loraswap.settings import Settings
 
-__all__ = ["command"]
+__all__ = ["command", "taskworld_command"]
 
 
 @click.group("base")
@@ -64,3 +64,23 @@ def build(settings: Settings, force: bool, seed: int, steps: int | None, as_json
                    f"on 200 held-out prompts (bar: {QUALITY_BAR:.0%})")
     if result["copy_accuracy"] < QUALITY_BAR:
         fail(f"copy accuracy {result['copy_accuracy']:.1%} is below the {QUALITY_BAR:.0%} bar")
+
+
+@click.command("taskworld")
+@click.argument("task")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=str), required=True,
+              help="JSONL file to write (chat `messages` rows).")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="train",
+              show_default=True)
+@click.option("-n", "--rows", type=int, default=1500, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def taskworld_command(task: str, out: str, split: str, rows: int, seed: int) -> None:
+    """Write task-world examples of TASK (copy, upper, reverse, persona, title) as JSONL."""
+    from pathlib import Path
+
+    from training.taskworld import TASKS, make_examples, write_jsonl
+
+    if task not in TASKS:
+        fail(f"unknown task {task!r}; known: {', '.join(sorted(TASKS))}")
+    count = write_jsonl(make_examples(task, split, rows, seed), Path(out))
+    click.echo(f"wrote {count} {split} rows of {task!r} to {out}")

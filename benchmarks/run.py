@@ -1,0 +1,398 @@
+"""Run the benchmark: every system started here, measured in alternation, results written.
+
+    .venv/bin/python -m benchmarks.run --quick     # < 3 min: adapters {1, 8}, 16 clients
+    .venv/bin/python -m benchmarks.run             # full: adapters {1, 8, 64}, 32 clients, 2 rounds
+    .venv/bin/python -m benchmarks.run --adapter-counts 8 --concurrency 32 --rounds 3
+
+Each round starts one system at a time (vLLM, loraswap, naive; reversed on odd rounds),
+warms it up, measures every adapter count, stops it. Only ratios measured in the same run
+mean anything on a shared machine. Output: bench-results/<timestamp>/ results.json,
+results.md, chart.png, and the servers' logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from benchmarks import report
+from benchmarks.adapters_gen import adapter_name, make_adapters
+from benchmarks.loadgen import Target, run_load, send_one, summarize
+from benchmarks.scenarios import hot_swap, routing_overhead
+from benchmarks.systems import (
+    EngineLimits,
+    Server,
+    create_experiments,
+    loraswap_server,
+    naive_server,
+    register_adapters,
+    stop_all,
+    vllm_server,
+)
+from benchmarks.workload import WorkloadSpec, make_requests
+
+__all__ = ["main", "run"]
+
+ROOT = Path(__file__).resolve().parent.parent
+PRESETS = {
+    "smoke": dict(adapter_counts=[1, 4], concurrency=4, duration=4.0, rounds=1, hot_swap=1,
+                  routing_pairs=10, output_tokens=(16, 32)),
+    "quick": dict(adapter_counts=[1, 8], concurrency=16, duration=8.0, rounds=1, hot_swap=2,
+                  routing_pairs=30, output_tokens=(32, 96)),
+    "full": dict(adapter_counts=[1, 8, 64], concurrency=32, duration=30.0, rounds=2, hot_swap=3,
+                 routing_pairs=200, output_tokens=(32, 128)),
+}
+HOT_SWAP_FIRST = 900  # adapter indices never in the workload
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_const", dest="mode", const="quick")
+    mode.add_argument("--smoke", action="store_const", dest="mode", const="smoke",
+                      help="the smallest run that exercises everything (CI)")
+    mode.add_argument("--full", action="store_const", dest="mode", const="full")
+    p.add_argument("--adapter-counts", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--concurrency", type=int)
+    p.add_argument("--duration", type=float, help="seconds per measurement")
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--systems", default="vllm,loraswap,naive",
+                   help="comma list of vllm, loraswap (measures (c) and (d)), naive")
+    p.add_argument("--popularity", choices=["uniform", "zipf"], default="uniform")
+    p.add_argument("--zipf-alpha", type=float, default=1.0)
+    p.add_argument("--arrival", choices=["closed", "poisson"], default="closed")
+    p.add_argument("--rate", type=float, default=20.0, help="poisson: requests per second")
+    p.add_argument("--prompt-chars", type=lambda s: tuple(int(x) for x in s.split(",")),
+                   default=(32, 160), help="min,max prompt length in characters (~tokens)")
+    p.add_argument("--output-tokens", type=lambda s: tuple(int(x) for x in s.split(",")),
+                   help="min,max output tokens")
+    p.add_argument("--naive-duration", type=float,
+                   help="seconds per naive measurement (default: --duration)")
+    p.add_argument("--max-loras", type=int, default=8)
+    p.add_argument("--max-num-seqs", type=int, default=64)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--hot-swap", type=int, help="hot-swap trials per system")
+    p.add_argument("--routing-pairs", type=int)
+    p.add_argument("--engine-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="an environment variable for both engines, (a) and (c)/(d) alike, e.g. "
+                   "VLLM_ENABLE_V1_MULTIPROCESSING=0 (repeatable)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", action="store_true",
+                   help="py-spy each server (and its engine core) during every measurement: "
+                   "logs/profile-*.txt, collapsed stacks (perturbs the numbers)")
+    p.add_argument("--base", type=Path, help="base model dir (default: the embedded base)")
+    p.add_argument("--out", type=Path, default=ROOT / "bench-results")
+    args = p.parse_args(argv)
+    args.mode = args.mode or "full"
+    for key, value in PRESETS[args.mode].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    return args
+
+
+def _base_dir(args: argparse.Namespace) -> Path:
+    if args.base:
+        return args.base.expanduser().resolve()
+    from loraswap.settings import Settings
+
+    return Settings.from_env().base_model_dir
+
+
+async def _warm_up(target: Target, counts: int, concurrency: int) -> None:
+    """Each adapter once (loads it), then a short burst at the measured concurrency."""
+    import httpx
+
+    from benchmarks.loadgen import body_for
+    from benchmarks.workload import Request
+
+    async with httpx.AsyncClient(timeout=300) as client:
+        sem = asyncio.Semaphore(8)
+
+        async def one(i: int, serial: int) -> None:
+            async with sem:
+                out = await send_one(client, target, body_for(
+                    target, Request(i, "copy: warm up", 4, 0.0), serial))
+                if not out.ok:
+                    raise RuntimeError(f"warm-up of {target.name} failed: {out.error}")
+
+        await asyncio.gather(*(one(i, i) for i in range(counts)))
+    spec = WorkloadSpec(adapters=counts, concurrency=concurrency, output_tokens=(8, 16), seed=99)
+    await run_load(target, make_requests(spec, 4 * concurrency), duration=1.0,
+                   concurrency=concurrency)
+
+
+async def _measure(target: Target, spec: WorkloadSpec, duration: float,
+                   profile: tuple[Server, Path] | None = None) -> dict:
+    requests = make_requests(spec, 20_000)
+    load_before = os.getloadavg()[0]
+    spy = None
+    if profile is not None:
+        server, out = profile
+        out.parent.mkdir(parents=True, exist_ok=True)
+        spy = subprocess.Popen(
+            [str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(server.proc.pid),
+             "--subprocesses", "--format", "raw", "-r", "50", "-d", str(int(duration)),
+             "--nonblocking", "-o", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    outcomes, window = await run_load(target, requests, duration=duration,
+                                      arrival=spec.arrival, concurrency=spec.concurrency,
+                                      ramp=min(5.0, duration / 5))
+    if spy is not None:
+        await asyncio.to_thread(spy.wait)
+    summary = summarize(outcomes, window)
+    summary["load_before"] = round(load_before, 2)
+    return summary
+
+
+def _hs_median(trials: list[dict]) -> dict:
+    ok = [t for t in trials if "error" not in t]
+    out: dict = {"trials": len(ok), "errors": [t["error"] for t in trials if "error" in t]}
+    for key in ("register_ms", "register_to_first_token_ms", "cold_ttft_ms", "warm_ttft_ms"):
+        if ok:
+            out[key] = round(statistics.median(t[key] for t in ok), 2)
+    return out
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, out_dir: Path) -> None:
+        self.args = args
+        self.out_dir = out_dir
+        self.base = _base_dir(args)
+        self.max_count = max(args.adapter_counts)
+        cache = args.out / "cache"
+        paths = make_adapters(self.base, cache, self.max_count, rank=args.rank, seed=args.seed)
+        self.adapters = {adapter_name(i): p for i, p in enumerate(paths)}
+        hs_paths = make_adapters(self.base, cache, max(args.hot_swap, 0), rank=args.rank,
+                                 seed=args.seed, first=HOT_SWAP_FIRST) if args.hot_swap else []
+        self.hot = [{adapter_name(HOT_SWAP_FIRST + i) + f"-{system}": p
+                     for i, p in enumerate(hs_paths)} for system in ("vllm", "loraswap")]
+        self.limits = EngineLimits(max_loras=args.max_loras, max_lora_rank=args.rank,
+                                   max_cpu_loras=max(self.max_count + args.hot_swap,
+                                                     args.max_loras),
+                                   max_num_seqs=args.max_num_seqs)
+        self.engine_env = dict(item.split("=", 1) for item in args.engine_env)
+        self.runs: list[dict] = []
+        self.hot_swap: dict[str, list[dict]] = {}
+        self.routing: list[dict] = []
+        self.unavailable: dict[str, str] = {}
+        self.start_seconds: dict[str, list[float]] = {}
+
+    def spec(self, count: int) -> WorkloadSpec:
+        a = self.args
+        return WorkloadSpec(adapters=count, popularity=a.popularity, zipf_alpha=a.zipf_alpha,
+                            arrival=a.arrival, concurrency=a.concurrency, rate=a.rate,
+                            prompt_chars=a.prompt_chars, output_tokens=a.output_tokens,
+                            seed=a.seed)
+
+    def _record(self, rnd: int, system: str, count: int, summary: dict) -> None:
+        self.runs.append({"round": rnd, "system": system, "adapters": count, **summary})
+        log(f"  {system:<16} adapters={count:<3} {summary['tok_per_s']:>9,.0f} tok/s "
+            f"{summary['req_per_s']:>7.2f} req/s  TTFT p95 {summary['ttft_p95_ms']} ms  "
+            f"errors {summary['errors']}  (load {summary['load_before']})")
+
+    def _profile(self, server: Server, rnd: int, system: str,
+                 count: int) -> tuple[Server, Path] | None:
+        if not self.args.profile:
+            return None
+        return server, self.out_dir / "logs" / f"profile-{system}-{count}-round{rnd}.txt"
+
+    def _start(self, server: Server) -> None:
+        log(f"starting {server.name} on :{server.port}")
+        server.start()
+        self.start_seconds.setdefault(server.name, []).append(round(server.start_seconds, 1))
+        log(f"{server.name} ready in {server.start_seconds:.1f} s")
+
+    async def run_vllm(self, rnd: int) -> None:
+        logs = self.out_dir / "logs" / f"round{rnd}"
+        server = vllm_server(self.base, self.adapters, self.limits, logs)
+        server.env.update(self.engine_env)
+        names = list(self.adapters)
+        target = Target("vllm", server.url, lambda i: names[i])
+        try:
+            self._start(server)
+            await _warm_up(target, self.max_count, self.args.concurrency)
+            for count in self.args.adapter_counts:
+                self._record(rnd, "vllm", count, await _measure(
+                    target, self.spec(count), self.args.duration,
+                    self._profile(server, rnd, "vllm", count)))
+            if self.args.hot_swap and rnd == 0:
+                self.hot_swap["vllm"] = await hot_swap("vllm", server.url, self.hot[0])
+        finally:
+            server.stop()
+
+    async def run_loraswap(self, rnd: int) -> None:
+        home = self.out_dir / f"home-round{rnd}"
+        register_adapters(home, self.base, self.adapters, self.args.rank)
+        names = list(self.adapters)
+        aliases: dict[str, str] = {}
+        try:
+            aliases = create_experiments(home, self.base, names, self.args.rank)
+        except Exception as exc:  # the router not there yet: (d) is reported as not measured
+            self.unavailable["loraswap-routed"] = f"creating experiments failed: {exc!r}"
+        server = loraswap_server(home, self.base, self.limits, self.out_dir / "logs" /
+                                 f"round{rnd}")
+        server.env.update(self.engine_env)
+        direct = Target("loraswap", server.url, lambda i: names[i])
+        routed = Target("loraswap-routed", server.url, lambda i: aliases[names[i]],
+                        user_per_request=True)
+        try:
+            self._start(server)
+            await _warm_up(direct, self.max_count, self.args.concurrency)
+            if aliases:
+                probe = await send_one_probe(routed)
+                if probe:
+                    self.unavailable["loraswap-routed"] = probe
+                    aliases = {}
+            for k, count in enumerate(self.args.adapter_counts):
+                order = [direct, routed] if aliases else [direct]
+                if (k + rnd) % 2 and aliases:
+                    order.reverse()
+                for target in order:
+                    self._record(rnd, target.name, count, await _measure(
+                        target, self.spec(count), self.args.duration,
+                        self._profile(server, rnd, target.name, count)))
+            if aliases and self.args.routing_pairs:
+                self.routing.append(await routing_overhead(
+                    server.url, names[0], aliases[names[0]], self.args.routing_pairs))
+                log(f"  routing overhead: {self.routing[-1]}")
+            if self.args.hot_swap and rnd == 0:
+                self.hot_swap["loraswap"] = await hot_swap("loraswap", server.url, self.hot[1])
+        finally:
+            server.stop()
+
+    async def run_naive(self, rnd: int) -> None:
+        server = naive_server(self.base, self.adapters, self.out_dir / "logs" / f"round{rnd}")
+        names = list(self.adapters)
+        target = Target("naive", server.url, lambda i: names[i])
+        duration = self.args.naive_duration or self.args.duration
+        try:
+            self._start(server)
+            await _warm_up(target, self.max_count, min(4, self.args.concurrency))
+            for count in self.args.adapter_counts:
+                self._record(rnd, "naive", count, await _measure(
+                    target, self.spec(count), duration,
+                    self._profile(server, rnd, "naive", count)))
+        finally:
+            server.stop()
+
+    async def run(self) -> None:
+        order = [s for s in ("vllm", "loraswap", "naive")
+                 if s in self.args.systems.split(",")]
+        for rnd in range(self.args.rounds):
+            log(f"round {rnd + 1}/{self.args.rounds}")
+            for system in (order if rnd % 2 == 0 else order[::-1]):
+                await getattr(self, f"run_{system}")(rnd)
+
+
+async def send_one_probe(target: Target) -> str | None:
+    """None if the alias serves; else why not (e.g. the router is not wired in yet)."""
+    import httpx
+
+    from benchmarks.loadgen import body_for
+    from benchmarks.workload import Request
+
+    async with httpx.AsyncClient(timeout=60) as client:
+        out = await send_one(client, target, body_for(target, Request(0, "copy: probe", 2, 0),
+                                                      0))
+    return None if out.ok else f"experiment alias not served: {out.error}"
+
+
+def run(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    started = time.strftime("%Y%m%d-%H%M%S")
+    out_dir = args.out / started
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    log(f"{args.mode} mode -> {out_dir} (load average {load_before})")
+    bench = Bench(args, out_dir)
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    # Servers run in their own process groups: a signal to us must still stop them. (SIGINT
+    # too: a background job in a non-interactive shell starts with SIGINT ignored.)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, interrupt)
+    try:
+        asyncio.run(bench.run())
+    finally:
+        stop_all()
+    medians: dict[str, dict[str, dict]] = {}
+    for system in ("vllm", "loraswap", "loraswap-routed", "naive"):
+        for count in args.adapter_counts:
+            runs = [{k: v for k, v in r.items() if k not in ("round", "system", "adapters")}
+                    for r in bench.runs if r["system"] == system and r["adapters"] == count]
+            if runs:
+                medians.setdefault(system, {})[str(count)] = report.median_summary(runs)
+    routing = bench.routing
+    results = {
+        "started_at": started,
+        "config": {"mode": args.mode, "duration": args.duration,
+                   "ramp": min(5.0, args.duration / 5), "rounds": args.rounds,
+                   "adapter_counts": args.adapter_counts, "systems": args.systems,
+                   "workload": asdict(bench.spec(max(args.adapter_counts))),
+                   "limits": asdict(bench.limits),
+                   "limits_note": "loraswap runs with max_cpu_loras + 1 (its CPU base guard's "
+                                  "zero adapter); this workload sends no base requests",
+                   "base": str(bench.base), "rank": args.rank,
+                   "engine_env": bench.engine_env},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version(), "load_before": load_before,
+                    "load_after": [round(x, 2) for x in os.getloadavg()]},
+        "start_seconds": bench.start_seconds,
+        "runs": bench.runs,
+        "medians": medians,
+        "hot_swap": {s: _hs_median(t) for s, t in bench.hot_swap.items()},
+        "hot_swap_trials": bench.hot_swap,
+        "routing": _routing_median(routing) if routing else None,
+        "routing_rounds": routing,
+        "unavailable": bench.unavailable,
+        "wall_s": round(time.monotonic() - t0, 1),
+    }
+    results["ratios"] = report.ratios(medians)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    results["chart_backend"] = report.chart(results, out_dir / "chart.png")
+    (out_dir / "results.md").write_text(report.markdown(results))
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    print(report.markdown(results))
+    print(f"results: {out_dir} ({results['wall_s']} s)")
+    print("ratios (loraswap (c) / peer):")
+    for r in results["ratios"]:
+        print(f"  adapters={r['adapters']:<3} {r['vs']:<15} throughput x{r['tok_per_s']}  "
+              f"TTFT p95 x{r['ttft_p95_ms']}  ITL p95 x{r['itl_p95_ms']}")
+    return out_dir
+
+
+def _routing_median(rounds: list[dict]) -> dict:
+    ok = [r for r in rounds if "error" not in r]
+    if not ok:
+        return rounds[-1]
+    out = {"pairs": sum(r["pairs"] for r in ok), "errors": sum(r["errors"] for r in ok)}
+    for key in ok[0]:
+        if key not in out:
+            out[key] = round(statistics.median(r[key] for r in ok), 3)
+    return out
+
+
+def main() -> None:
+    run()
+
+
+if __name__ == "__main__":
+    main()

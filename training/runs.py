@@ -1,0 +1,184 @@
+"""What every training method shares: data sets and splits, the run directory, lineage,
+and registering the result only once training and evaluation both finished.
+
+Why a run directory: a checkpoint must survive an interrupted run (so it can be
+resumed) but must never look like a version. The registry only ever sees the
+final adapter folder, after evaluation, in one `Registry.add` call; a failure
+before that leaves the registry untouched and the checkpoint in the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from training.data import DataError, Dataset, Problem, Row, fingerprint, load_dataset, split_rows
+from training.lora import TrainingConfigError
+
+__all__ = [
+    "RunDir",
+    "Splits",
+    "TrainResult",
+    "check_base",
+    "library_versions",
+    "load_splits",
+    "register_version",
+]
+
+
+@dataclass
+class Splits:
+    train: list[Row]
+    val: list[Row]
+    test: list[Row]
+    reports: list[dict[str, Any]]
+    how: str
+
+    def lineage(self) -> dict[str, Any]:
+        return {
+            "dataset_fingerprint": fingerprint(self.train + self.val + self.test),
+            "splits": {"train": len(self.train), "val": len(self.val), "test": len(self.test),
+                       "how": self.how,
+                       "train_fingerprint": fingerprint(self.train),
+                       "val_fingerprint": fingerprint(self.val),
+                       "test_fingerprint": fingerprint(self.test)},
+            "cleaning": self.reports,
+        }
+
+
+def load_splits(data: Path, kind: str, *, val: Path | None, test: Path | None, seed: int,
+                strict: bool, too_long: Callable[[Row], bool] | None) -> Splits:
+    """Load each file; split what is missing from the training file (seeded)."""
+    main = load_dataset(data, kind, strict=strict, too_long=too_long)
+    extra: dict[str, Dataset] = {}
+    for label, path in (("val", val), ("test", test)):
+        if path is not None:
+            extra[label] = load_dataset(path, kind, strict=strict, too_long=too_long, min_rows=1)
+    train, val_rows, test_rows = split_rows(main.rows, seed, need_val="val" not in extra,
+                                            need_test="test" not in extra)
+    if "val" in extra:
+        val_rows = extra["val"].rows
+    if "test" in extra:
+        test_rows = extra["test"].rows
+    if not train:
+        raise DataError([Problem(str(data), 0, "too-few-rows", "no rows left for training")])
+    given = [k for k in ("val", "test") if k in extra]
+    how = "given" if len(given) == 2 else (
+        f"seeded split of {data.name} ({len(main.rows)} rows; "
+        f"{'70/15/15' if len(main.rows) <= 10_000 else '80/10/10'} rule"
+        f"{'; given: ' + ', '.join(given) if given else ''})")
+    return Splits(train, val_rows, test_rows,
+                  [main.report(), *(d.report() for d in extra.values())], how)
+
+
+def check_base(registry, base_dir: Path) -> str | None:
+    """The training base must be the registry's base (same weights), else the version would
+    be refused after training; checked first. Returns the fingerprint for the lineage."""
+    if registry is None:
+        return None
+    from adapters.basemodel import load_base
+
+    ours = load_base(Path(base_dir)).fingerprint()
+    if ours != registry.base_fingerprint():
+        raise TrainingConfigError(
+            f"--base {base_dir}: not the base model the registry serves ({registry.base_model_dir}); "
+            "an adapter trained on it could not be registered")
+    return ours
+
+
+def library_versions() -> dict[str, str]:
+    out = {}
+    for dist in ("loraswap", "torch", "transformers", "peft", "trl", "bitsandbytes", "safetensors"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+@dataclass
+class RunDir:
+    """home/runs/<name>: checkpoint + config while training; removed after registration."""
+
+    path: Path
+    config: dict[str, Any]
+    resume: bool = False
+    resumed: bool = field(default=False, init=False)
+
+    def __enter__(self) -> RunDir:
+        cfg_file = self.path / "config.json"
+        if self.path.exists():
+            old = json.loads(cfg_file.read_text()) if cfg_file.exists() else None
+            if self.resume and old is not None and old != _jsonable(self.config):
+                raise TrainingConfigError(
+                    f"--resume: the run in {self.path} was started with a different configuration; "
+                    "run again without --resume to start over")
+            if self.resume and old is not None:
+                self.resumed = True
+            else:
+                shutil.rmtree(self.path)
+        elif self.resume:
+            raise TrainingConfigError(f"--resume: no interrupted run in {self.path}")
+        self.path.mkdir(parents=True, exist_ok=True)
+        cfg_file.write_text(json.dumps(_jsonable(self.config), indent=1, sort_keys=True))
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            shutil.rmtree(self.path, ignore_errors=True)
+        else:
+            # Keep the checkpoint to resume from; drop anything that looks like an output.
+            shutil.rmtree(self.path / "adapter", ignore_errors=True)
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.path / "adapter"
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str, sort_keys=True))
+
+
+@dataclass
+class TrainResult:
+    name: str
+    ref: str | None
+    metrics: dict[str, Any]
+    lineage: dict[str, Any]
+    adapter_dir: Path | None = None
+    version: Any = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "ref": self.ref, "metrics": self.metrics,
+                "lineage": self.lineage,
+                "adapter_dir": str(self.adapter_dir) if self.adapter_dir else None}
+
+
+def register_version(registry, adapter_dir: Path, name: str, *, metrics: dict, lineage: dict,
+                     description: str = "", tags: tuple[str, ...] = (),
+                     output_dir: Path | None = None) -> TrainResult:
+    """Hand the finished adapter to the registry (one atomic add), or copy it to output_dir."""
+    metrics = _jsonable(metrics)
+    lineage = _jsonable(lineage)
+    if registry is None:
+        if output_dir is None:
+            raise ValueError("register_version: give a registry or an output_dir")
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        shutil.copytree(adapter_dir, output_dir)
+        (output_dir / "loraswap_training.json").write_text(
+            json.dumps({"metrics": metrics, "lineage": lineage}, indent=1, sort_keys=True))
+        return TrainResult(name, None, metrics, lineage, output_dir)
+    version = registry.add(adapter_dir, name, description=description, tags=list(tags),
+                           metrics=metrics, lineage=lineage, source_kind="trained")
+    return TrainResult(name, version.ref, metrics, lineage, Path(version.path), version)
+
+
+def elapsed(started: float) -> float:
+    return round(time.monotonic() - started, 2)

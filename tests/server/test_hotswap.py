@@ -26,7 +26,8 @@ def test_register_while_streaming(wide_server, adapter_dirs, register_adapters):
     async def stream_one(client: AsyncOpenAI, model: str) -> tuple[str, int]:
         stream = await client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": "copy: keep streaming"}],
-            max_tokens=450, temperature=0.7, seed=3, stream=True)
+            max_tokens=450, temperature=0.7, seed=3, stream=True,
+            extra_body={"ignore_eos": True})  # keep every stream in flight for 450 tokens
         finish, n = None, 0
         async for chunk in stream:
             if chunk.choices:

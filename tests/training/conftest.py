@@ -4,6 +4,7 @@ once (by the CLI) and shared by the acceptance, DPO/KTO and vLLM parity tests.""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +19,11 @@ from training.taskworld import make_examples, write_jsonl
 @pytest.fixture(scope="session")
 def env(embedded_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     home = tmp_path_factory.mktemp("train-home")
-    return {"LORASWAP_HOME": str(home), "LORASWAP_BASE_MODEL": str(embedded_base)}
+    # A private copy: a rebuild of the shared base during the session (other tests build it)
+    # must not change the model under adapters trained earlier in the session.
+    base = home / "base"
+    shutil.copytree(embedded_base, base)
+    return {"LORASWAP_HOME": str(home), "LORASWAP_BASE_MODEL": str(base)}
 
 
 @pytest.fixture(scope="session")

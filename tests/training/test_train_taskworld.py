@@ -26,7 +26,9 @@ def test_sft_upper_reaches_the_bar_and_records_everything(env, upper, open_regis
     assert m["task"] == "upper" and m["exact_match_total"] == 225
     assert m["exact_match"] >= 0.90, m
     assert m["base_exact_match"] <= 0.05, m
-    assert m["copy_accuracy"] >= 0.90, m  # the copy replay keeps the base's skill
+    # Forgetting check: with the copy replay the adapter keeps the base's copy skill within
+    # 10 points (without replay DESIGN §3 measured copy falling to 0-25% with the adapter on).
+    assert m["copy_accuracy"] >= m["base_copy_accuracy"] - 0.10, m
     assert m["test_perplexity"] > 1.0 and m["val_loss"] < 0.5
     assert m["wall_seconds"] > 0 and m["best_step"] <= m["steps"]
     assert lineage["parent"] is None and lineage["dataset_fingerprint"].startswith("sha256:")

@@ -172,11 +172,12 @@ def run(settings: Settings) -> int:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host = settings.host
-    if not KeyStore(settings.db_path).any_active() and not is_loopback(host):
+    keys_configured = KeyStore(settings.db_path).any_active()
+    if not keys_configured and not is_loopback(host):
         log.warning("no API keys configured: binding to 127.0.0.1 instead of %s "
                     "(create one with `loraswap keys create`)", host)
         host = "127.0.0.1"
-    elif not KeyStore(settings.db_path).any_active():
+    elif not keys_configured:
         log.info("no API keys configured: serving without authentication on loopback %s", host)
     log.info("settings:\n%s", settings.describe())
 

@@ -32,8 +32,7 @@ class ServingChat(ServingBase):
         return [{"role": _ROLE_ALIASES.get(m.role, m.role), "content": m.text()}
                 for m in req.messages]
 
-    def prompt_ids(self, req: ChatCompletionRequest) -> list[int]:
-        messages = self.messages(req)
+    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         try:
             text = self.tokenizer.apply_chat_template(messages, tokenize=False,
                                                       add_generation_prompt=True)
@@ -45,7 +44,8 @@ class ServingChat(ServingBase):
 
     async def create(self, req: ChatCompletionRequest, meta: RequestMeta):
         target = self.target(req.model, req.user, meta)
-        ids = self.prompt_ids(req)
+        messages = self.messages(req)
+        ids = self.prompt_ids(messages)
         k = None
         if req.logprobs:
             k = req.top_logprobs or 0
@@ -58,9 +58,9 @@ class ServingChat(ServingBase):
                 await self.models.ensure_loaded(target.version)
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(self._stream(cid, target, ids, params, include_usage,
-                                                  self.messages(req)),
+                                                  messages),
                                      media_type="text/event-stream", headers=target.headers())
-        acc = await self.collect(target, ids, params, self.messages(req))
+        acc = await self.collect(target, ids, params, messages)
         choices = []
         for i, a in enumerate(acc):
             lps = {"content": [_lp_entry(x) for x in a.logprobs or []]} if k is not None else None

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from benchmarks import report
 from benchmarks.adapters_gen import adapter_name, make_adapters
+from benchmarks.base_gen import SIZES, make_base
 from benchmarks.loadgen import Target, run_load, send_one, summarize
 from benchmarks.scenarios import hot_swap, routing_overhead
 from benchmarks.systems import (
@@ -96,6 +97,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="py-spy each server (and its engine core) during every measurement: "
                    "logs/profile-*.txt, collapsed stacks (perturbs the numbers)")
     p.add_argument("--base", type=Path, help="base model dir (default: the embedded base)")
+    p.add_argument("--base-size", choices=list(SIZES),
+                   help="serve a random-weight Llama of this size (built once, cached) on the "
+                   "embedded tokenizer instead of the 1.3 M-parameter embedded base; see "
+                   "benchmarks/base_gen.py for why the size matters")
     p.add_argument("--out", type=Path, default=ROOT / "bench-results")
     args = p.parse_args(argv)
     args.mode = args.mode or "full"
@@ -106,11 +111,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _base_dir(args: argparse.Namespace) -> Path:
-    if args.base:
+    if args.base and not args.base_size:
         return args.base.expanduser().resolve()
     from loraswap.settings import Settings
 
-    return Settings.from_env().base_model_dir
+    embedded = (args.base.expanduser().resolve() if args.base
+                else Settings.from_env().base_model_dir)
+    if args.base_size:
+        return make_base(embedded, args.out / "cache", args.base_size, seed=args.seed).resolve()
+    return embedded
 
 
 async def _warm_up(target: Target, counts: int, concurrency: int) -> None:
@@ -192,12 +201,15 @@ class Bench:
         self.unavailable: dict[str, str] = {}
         self.start_seconds: dict[str, list[float]] = {}
 
-    def spec(self, count: int) -> WorkloadSpec:
+    def spec(self, count: int, rnd: int = 0, routed: bool = False) -> WorkloadSpec:
+        """The workload of one measurement. Every system gets the same requests for a given
+        round and adapter count, but no measurement repeats an earlier one's prompts: the
+        engines' prefix caches would serve a repeat from cache (the naive server has none)."""
         a = self.args
         return WorkloadSpec(adapters=count, popularity=a.popularity, zipf_alpha=a.zipf_alpha,
                             arrival=a.arrival, concurrency=a.concurrency, rate=a.rate,
                             prompt_chars=a.prompt_chars, output_tokens=a.output_tokens,
-                            seed=a.seed)
+                            seed=a.seed * 1_000_003 + rnd * 1_000 + count * 2 + int(routed))
 
     def _record(self, rnd: int, system: str, count: int, summary: dict) -> None:
         self.runs.append({"round": rnd, "system": system, "adapters": count, **summary})
@@ -228,7 +240,7 @@ class Bench:
             await _warm_up(target, self.max_count, self.args.concurrency)
             for count in self.args.adapter_counts:
                 self._record(rnd, "vllm", count, await _measure(
-                    target, self.spec(count), self.args.duration,
+                    target, self.spec(count, rnd), self.args.duration,
                     self._profile(server, rnd, "vllm", count)))
             if self.args.hot_swap and rnd == 0:
                 self.hot_swap["vllm"] = await hot_swap("vllm", server.url, self.hot[0])
@@ -264,7 +276,7 @@ class Bench:
                     order.reverse()
                 for target in order:
                     self._record(rnd, target.name, count, await _measure(
-                        target, self.spec(count), self.args.duration,
+                        target, self.spec(count, rnd, target is routed), self.args.duration,
                         self._profile(server, rnd, target.name, count)))
             if aliases and self.args.routing_pairs:
                 self.routing.append(await routing_overhead(
@@ -285,7 +297,7 @@ class Bench:
             await _warm_up(target, self.max_count, min(4, self.args.concurrency))
             for count in self.args.adapter_counts:
                 self._record(rnd, "naive", count, await _measure(
-                    target, self.spec(count), duration,
+                    target, self.spec(count, rnd), duration,
                     self._profile(server, rnd, "naive", count)))
         finally:
             server.stop()
@@ -350,7 +362,8 @@ def run(argv: list[str] | None = None) -> Path:
                    "limits": asdict(bench.limits),
                    "limits_note": "loraswap runs with max_cpu_loras + 1 (its CPU base guard's "
                                   "zero adapter); this workload sends no base requests",
-                   "base": str(bench.base), "rank": args.rank,
+                   "base": str(bench.base), "base_size": args.base_size or "embedded",
+                   "rank": args.rank,
                    "engine_env": bench.engine_env},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "load_before": load_before,

@@ -88,7 +88,8 @@ def create_app(settings: Settings) -> FastAPI:
             model=settings.base_model_dir, max_loras=settings.max_loras,
             max_lora_rank=settings.max_lora_rank, max_cpu_loras=settings.max_cpu_loras,
             max_model_len=settings.max_model_len, max_num_seqs=settings.max_num_seqs,
-            kv_cache_gib=settings.kv_cache_gib, cpu_base_guard=settings.cpu_base_guard))
+            kv_cache_gib=settings.kv_cache_gib, cpu_base_guard=settings.cpu_base_guard,
+            cpu_lora_kernels=settings.cpu_lora_kernels))
         app.state.engine = engine
         app.state.registry = registry
         await engine.start()

@@ -149,6 +149,7 @@ async def engine_state(request: Request) -> dict:
     app = request.app
     engine = app.state.engine
     return {"base_model": app.state.models.base_id, "cpu": engine.is_cpu,
-            "cpu_base_guard": engine.guard_active, "adapter_capacity": app.state.models.capacity,
+            "cpu_base_guard": engine.guard_active, "cpu_lora_kernels": engine.lora_kernels,
+            "adapter_capacity": app.state.models.capacity,
             "loaded": [v.ref for v in app.state.models.loaded()],
             "engine_ids": sorted(await engine.loaded_ids())}

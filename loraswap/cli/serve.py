@@ -53,6 +53,8 @@ def register_demo_adapters(settings: Settings) -> list[str]:
 @click.option("--eager-load", is_flag=True, default=None, help="Load every active adapter at start.")
 @click.option("--cpu-base-guard/--no-cpu-base-guard", default=None,
               help="CPU: serve base requests through an all-zero adapter (default on).")
+@click.option("--cpu-lora-kernels/--no-cpu-lora-kernels", default=None,
+              help="CPU: loraswap's LoRA matmuls instead of vLLM's torch ops (default on).")
 @click.option("--shutdown-timeout", type=float, default=None,
               help="Seconds SIGTERM waits for in-flight requests.")
 @click.option("--demo/--no-demo", default=True, show_default=True,

@@ -136,6 +136,12 @@ def registered(server: ServerProc, adapter_dirs: list[Path]) -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def server_lifecycle():
+    """(start_server, stop_server) for a module that needs a server of its own."""
+    return start_server, stop_server
+
+
+@pytest.fixture(scope="session")
 def register_adapters():
     """`register(server, paths)` as a fixture, so test modules need not import conftest."""
     return register

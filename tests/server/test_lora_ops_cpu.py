@@ -101,7 +101,7 @@ class _Wrapper:
 def _reference_linear(y, x, a_slices, b_slices, scale, widths, idx):
     out = y.clone()
     offset = 0
-    for a, b, width in zip(a_slices, b_slices, widths):
+    for a, b, width in zip(a_slices, b_slices, widths, strict=True):
         for t, slot in enumerate(idx.tolist()):
             if slot >= 0:
                 out[t, offset:offset + width] += (b[slot, 0] @ (a[slot, 0] @ x[t])) * scale

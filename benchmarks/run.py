@@ -91,7 +91,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--routing-pairs", type=int)
     p.add_argument("--engine-env", action="append", default=[], metavar="KEY=VALUE",
                    help="an environment variable for both engines, (a) and (c)/(d) alike, e.g. "
-                   "VLLM_ENABLE_V1_MULTIPROCESSING=0 (repeatable)")
+                   "VLLM_ENABLE_V1_MULTIPROCESSING=0 (repeatable). Default: "
+                   "VLLM_CPU_OMP_THREADS_BIND=<every CPU> (see _all_cpus)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", action="store_true",
                    help="py-spy each server (and its engine core) during every measurement: "
@@ -108,6 +109,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     return args
+
+
+def _all_cpus() -> str:
+    """Every CPU this process may use, in vLLM's bind syntax ("0-1").
+
+    vLLM's CPU worker binds to all cores but one by default, keeping one for the frontend;
+    on a 2-core machine that leaves half the arithmetic unused (measured: 20 M base,
+    8 adapters, 32 clients, 221 -> 360 tok/s with both cores). The harness gives both
+    engines every core; `--engine-env VLLM_CPU_OMP_THREADS_BIND=auto` restores vLLM's choice.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    ranges, start = [], cpus[0]
+    for prev, cur in zip(cpus, cpus[1:] + [None], strict=True):
+        if cur != prev + 1:
+            ranges.append(f"{start}-{prev}" if prev != start else str(start))
+            start = cur
+    return ",".join(ranges)
 
 
 def _base_dir(args: argparse.Namespace) -> Path:
@@ -194,7 +212,8 @@ class Bench:
                                    max_cpu_loras=max(self.max_count + args.hot_swap,
                                                      args.max_loras),
                                    max_num_seqs=args.max_num_seqs)
-        self.engine_env = dict(item.split("=", 1) for item in args.engine_env)
+        self.engine_env = {"VLLM_CPU_OMP_THREADS_BIND": _all_cpus(),
+                           **dict(item.split("=", 1) for item in args.engine_env)}
         self.runs: list[dict] = []
         self.hot_swap: dict[str, list[dict]] = {}
         self.routing: list[dict] = []

@@ -10,8 +10,8 @@ adapter: base requests go through an all-zero adapter this module writes at star
 (B = 0, so its delta is exactly zero). It takes a slot while base requests run.
 
 The CPU LoRA kernels: on the CPU platform the engine's LoRA matmuls are replaced with
-server/lora_ops_cpu.py (single GEMMs instead of per-token weight gathers; 1.5-5x faster per
-op). They must be installed in vLLM's worker process, which may be spawned rather than
+server/lora_ops_cpu.py (single GEMMs instead of per-token weight gathers; 2.4-9x faster per
+layer). They must be installed in vLLM's worker process, which may be spawned rather than
 forked, so they go in through vLLM's general-plugin entry point (`vllm_general_plugin`,
 declared in pyproject.toml), switched on by an environment variable the engine sets. Any
 other vLLM started from this environment (the benchmark's peer) keeps vLLM's own ops.
@@ -70,6 +70,25 @@ def install_cpu_lora_ops() -> bool:
             setattr(wrapper, name, method)
         wrapper._loraswap_fused = True
     return True
+
+
+PLUGIN_NAME = "loraswap_cpu_lora_ops"
+
+
+def _plugin_reaches_workers() -> str | None:
+    """None if vLLM will load our plugin in its engine processes, else why not.
+
+    Installing the kernels here is not enough: the engine core and worker are separate
+    processes (spawned, not forked, on some set-ups) and only the entry point gets there.
+    """
+    from importlib.metadata import entry_points
+
+    if not any(ep.name == PLUGIN_NAME for ep in entry_points(group="vllm.general_plugins")):
+        return "the vllm.general_plugins entry point is not installed (pip install -e .)"
+    allowed = os.environ.get("VLLM_PLUGINS")
+    if allowed is not None and PLUGIN_NAME not in allowed.split(","):
+        return f"VLLM_PLUGINS={allowed!r} does not include {PLUGIN_NAME}"
+    return None
 
 
 def vllm_general_plugin() -> None:
@@ -212,7 +231,10 @@ class Engine:
         started = time.monotonic()
         cfg = self.config
         self.is_cpu = current_platform.is_cpu()
-        if self.is_cpu and cfg.cpu_lora_kernels:
+        why_not = _plugin_reaches_workers() if self.is_cpu and cfg.cpu_lora_kernels else None
+        if why_not:
+            log.warning("CPU LoRA kernels off: %s; using vLLM's own LoRA ops", why_not)
+        if self.is_cpu and cfg.cpu_lora_kernels and not why_not:
             os.environ[CPU_LORA_OPS_ENV] = "1"  # read by the plugin in the engine's processes
             self.lora_kernels = install_cpu_lora_ops()  # and here, for an in-process core
         else:

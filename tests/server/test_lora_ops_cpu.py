@@ -150,3 +150,14 @@ def test_fused_batch_without_any_adapter_is_untouched() -> None:
                                (torch.randn(SLOTS, 1, RANK, 8),),
                                (torch.randn(SLOTS, 1, 16, RANK),), 1.0, (16,))
     assert torch.equal(got, y)
+
+
+def test_plugin_reaches_vllm_engine_processes(monkeypatch) -> None:
+    """The kernels get into the engine's processes only through the installed entry point."""
+    from server import engine
+
+    assert engine._plugin_reaches_workers() is None
+    monkeypatch.setenv("VLLM_PLUGINS", "lora_filesystem_resolver")
+    assert "does not include loraswap_cpu_lora_ops" in engine._plugin_reaches_workers()
+    monkeypatch.setenv("VLLM_PLUGINS", "lora_filesystem_resolver,loraswap_cpu_lora_ops")
+    assert engine._plugin_reaches_workers() is None

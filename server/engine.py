@@ -237,6 +237,8 @@ class Engine:
         if self.is_cpu and cfg.cpu_lora_kernels and not why_not:
             os.environ[CPU_LORA_OPS_ENV] = "1"  # read by the plugin in the engine's processes
             self.lora_kernels = install_cpu_lora_ops()  # and here, for an in-process core
+            log.info("CPU LoRA kernels on (server/lora_ops_cpu.py; --no-cpu-lora-kernels "
+                     "uses vLLM's ops)")
         else:
             os.environ.pop(CPU_LORA_OPS_ENV, None)
         args = AsyncEngineArgs(

@@ -28,7 +28,6 @@ SIZES: dict[str, tuple[int, int, int, int, int]] = {
     "50m": (640, 1728, 10, 10, 5),
     "100m": (768, 2048, 14, 12, 4),
 }
-_FIRST_BYTE_ID = 6  # after pad, bos, eos and the three role tokens (training/tokenizer.py)
 _COPIED = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
            "generation_config.json", "special_tokens_map.json")
 
@@ -43,6 +42,10 @@ def make_base(embedded: Path, cache: Path, size: str, *, seed: int = 0) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from training.tokenizer import SPECIAL_TOKENS
+
+    first_byte_id = len(SPECIAL_TOKENS)  # byte b is token first_byte_id + b
+
     hidden, inter, layers, heads, kv = SIZES[size]
     raw = json.loads((embedded / "config.json").read_text())
     raw.update(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
@@ -54,7 +57,7 @@ def make_base(embedded: Path, cache: Path, size: str, *, seed: int = 0) -> Path:
     model = LlamaForCausalLM(config).to(torch.float32).eval()
     with torch.no_grad():  # logit 0 for all but printable ASCII: streams carry text per token
         keep = torch.zeros(config.vocab_size, dtype=torch.bool)
-        keep[_FIRST_BYTE_ID + 32:_FIRST_BYTE_ID + 127] = True
+        keep[first_byte_id + 32:first_byte_id + 127] = True
         model.lm_head.weight[~keep] = 0.0
     params = sum(p.numel() for p in model.parameters())
     print(f"[bench] building a {size} random base: {params / 1e6:.1f} M parameters, "

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from training.encoding import collate
 from training.taskworld import Example, evaluate, make_examples
 from training.tokenizer import build_tokenizer
 
@@ -100,18 +101,6 @@ def encode_chat(tokenizer, ex: Example) -> tuple[list[int], list[int]]:
     return ids, labels
 
 
-def _batch(rows: list[tuple[list[int], list[int]]], pad_id: int):
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (ids, lab) in enumerate(rows):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        labels[i, : len(lab)] = torch.tensor(lab)
-        mask[i, : len(ids)] = 1
-    return input_ids, labels, mask
-
-
 def _lr_at(step: int, cfg: BaseBuildConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -146,7 +135,7 @@ def build_base_model(
     for step in bar:
         for group in optim.param_groups:
             group["lr"] = _lr_at(step, cfg)
-        input_ids, labels, mask = _batch(rng.sample(pool, cfg.batch_size), tokenizer.pad_token_id)
+        input_ids, labels, mask = collate(rng.sample(pool, cfg.batch_size), tokenizer.pad_token_id)
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         optim.zero_grad(set_to_none=True)
         loss.backward()

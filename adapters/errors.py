@@ -50,7 +50,8 @@ class AdapterTampered(RegistryError):
                     f"{p.file} changed after registration (sha256 {p.actual[:12]}..., "
                     f"expected {p.expected[:12]}...)"
                 )
-        super().__init__(f"adapter {ref} refused: " + "; ".join(parts))
+        super().__init__(f"adapter {ref} refused: " + "; ".join(parts) + " (its files no "
+                         "longer match the checksums recorded at registration; re-register it)")
 
 
 class AdapterInUse(RegistryError):

@@ -9,15 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
-
-from sqlite_utils import Database
 
 from adapters.archive import ArchiveLimits, adapter_root, extract_archive, is_archive
 from adapters.basemodel import BaseModel, load_base
@@ -49,14 +44,12 @@ from adapters.validation import (
     check_source_files,
     validate_adapter,
 )
+from common.sqlite import open_db
+from common.timeutil import utc_now_iso
 
 __all__ = ["DeleteGuard", "Registry"]
 
 DeleteGuard = Callable[[AdapterVersion], "str | None"]
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Registry:
@@ -80,27 +73,11 @@ class Registry:
         self._guards: list[DeleteGuard] = []
         self._hashes: dict[Path, tuple[tuple[int, ...], str]] = {}
         self._base: BaseModel | None = None
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
         (self.store_dir / ".staging").mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(self.db_path), timeout=60, check_same_thread=False)
-        self.db = Database(conn)
-        self._open()
+        self.db = open_db(self.db_path, migrations)
         sweep_staging(self.store_dir)
 
     # -- lifecycle ---------------------------------------------------------------------------
-
-    def _open(self) -> None:
-        for attempt in range(50):
-            try:
-                if self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    self.db.execute("PRAGMA journal_mode=wal")
-                break
-            except sqlite3.OperationalError:  # another process is switching it right now
-                time.sleep(0.05 * (attempt + 1))
-        self.db.execute("PRAGMA foreign_keys=ON")
-        if migrations.pending(self.db):
-            with self._write():
-                migrations.apply(self.db)  # re-checks inside the lock: one process applies
 
     def close(self) -> None:
         self.db.close()
@@ -223,7 +200,7 @@ class Registry:
                     "tags": json.dumps(meta["tags"]), "metrics": json.dumps(meta["metrics"]),
                     "lineage": json.dumps(meta["lineage"]), "parent": meta["lineage"].get("parent"),
                     "dataset_fingerprint": meta["lineage"].get("dataset_fingerprint"),
-                    "peft_config": json.dumps(info.config), "created_at": _now(),
+                    "peft_config": json.dumps(info.config), "created_at": utc_now_iso(),
                 }).last_pk
                 self.db["adapter_files"].insert_all(
                     {"adapter_id": adapter_id, "file": f, "sha256": sha, "size_bytes": sizes[f]}
@@ -231,7 +208,7 @@ class Registry:
                 )
                 self.db["adapter_base_fingerprints"].insert(
                     {"signature": self.base.signature(), "fingerprint": fingerprint,
-                     "base_path": str(self.base.path), "computed_at": _now()},
+                     "base_path": str(self.base.path), "computed_at": utc_now_iso()},
                     ignore=True,
                 )
             except BaseException:
@@ -252,6 +229,16 @@ class Registry:
             raise AdapterTampered(found.ref, problems)
         return found
 
+    def check(self, version: AdapterVersion, *, full: bool = True) -> None:
+        """Raise AdapterTampered unless `version`'s files match their recorded sha256s.
+
+        Reads no SQL (the version carries its checksums), so a server can call it from a
+        worker thread before every load. `full=False` re-hashes only files whose stat changed.
+        """
+        problems = self._check_files(version, full=full)
+        if problems:
+            raise AdapterTampered(version.ref, problems)
+
     def list(self, *, include_archived: bool = False) -> list[AdapterVersion]:
         statuses = ("active", "archived") if include_archived else ("active",)
         marks = ",".join("?" * len(statuses))
@@ -269,7 +256,7 @@ class Registry:
             with self._write():
                 self.db.execute(
                     "UPDATE adapters SET status = 'archived', archived_at = ? WHERE id = ?",
-                    [_now(), found.id],
+                    [utc_now_iso(), found.id],
                 )
         return self._version(self._row_by_id(found.id))
 
@@ -284,7 +271,7 @@ class Registry:
         with self._write():
             self.db.execute(
                 "UPDATE adapters SET status = 'deleted', deleted_at = ? WHERE id = ?",
-                [_now(), found.id],
+                [utc_now_iso(), found.id],
             )
         remove_tree(found.path)
         for f in found.files:

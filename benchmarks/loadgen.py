@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 import httpx
 
 from benchmarks.workload import Request
+from common.stats import quantile
 
-__all__ = ["Outcome", "Target", "percentile", "run_load", "send_one", "summarize"]
+__all__ = ["Outcome", "Target", "run_load", "send_one", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -142,15 +143,6 @@ async def run_load(target: Target, requests: Sequence[Request], *, duration: flo
     return outcomes, (t0 + ramp, deadline)
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    k = (len(s) - 1) * q / 100
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
 def _ms(v: float | None) -> float | None:
     return None if v is None else round(v * 1000, 2)
 
@@ -180,8 +172,8 @@ def summarize(outcomes: Sequence[Outcome], window: tuple[float, float]) -> dict:
         "req_per_s": round(finished / wall, 3) if wall > 0 else 0.0,
         "tok_per_s": round(tokens / wall, 1) if wall > 0 else 0.0,
         "output_tokens": round(tokens),
-        **{f"ttft_p{q}_ms": _ms(percentile(ttft, q)) for q in (50, 95, 99)},
-        **{f"itl_p{q}_ms": _ms(percentile(gaps, q)) for q in (50, 95, 99)},
-        **{f"e2e_p{q}_ms": _ms(percentile(e2e, q)) for q in (50, 95, 99)},
+        **{f"ttft_p{q}_ms": _ms(quantile(ttft, q / 100)) for q in (50, 95, 99)},
+        **{f"itl_p{q}_ms": _ms(quantile(gaps, q / 100)) for q in (50, 95, 99)},
+        **{f"e2e_p{q}_ms": _ms(quantile(e2e, q / 100)) for q in (50, 95, 99)},
         "ttft_mean_ms": _ms(statistics.fmean(ttft)) if ttft else None,
     }

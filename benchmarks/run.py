@@ -31,16 +31,19 @@ from benchmarks.base_gen import SIZES, make_base
 from benchmarks.loadgen import Target, run_load, send_one, summarize
 from benchmarks.scenarios import hot_swap, routing_overhead
 from benchmarks.systems import (
-    EngineLimits,
+    BASE_ID,
     Server,
     create_experiments,
+    engine_limits,
     loraswap_server,
+    loraswap_settings,
     naive_server,
     register_adapters,
     stop_all,
     vllm_server,
 )
 from benchmarks.workload import WorkloadSpec, make_requests
+from loraswap.settings import Settings, specs
 
 __all__ = ["main", "run"]
 
@@ -54,6 +57,12 @@ PRESETS = {
                  routing_pairs=200, output_tokens=(32, 128)),
 }
 HOT_SWAP_FIRST = 900  # adapter indices never in the workload
+# Engine settings the harness exposes as its own flags (help and type from the settings
+# declaration), with the harness's default where it differs from the server's; both engines
+# get them. max_lora_rank is --rank (also the generated adapters' rank); max_cpu_loras is
+# derived from the adapter counts.
+ENGINE_FLAGS = {"max_loras": 8, "max_model_len": None, "max_num_seqs": None,
+                "kv_cache_gib": None}
 
 
 def log(msg: str) -> None:
@@ -84,9 +93,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="min,max output tokens")
     p.add_argument("--naive-duration", type=float,
                    help="seconds per naive measurement (default: --duration)")
-    p.add_argument("--max-loras", type=int, default=8)
-    p.add_argument("--max-num-seqs", type=int, default=64)
-    p.add_argument("--rank", type=int, default=8)
+    for spec in specs():
+        if spec.name in ENGINE_FLAGS:
+            default = ENGINE_FLAGS[spec.name]
+            shown = default if default is not None else f"${spec.env} or {spec.default}"
+            p.add_argument(spec.flag, type=spec.annotation, default=default,
+                           help=f"{spec.help} Both engines. Default: {shown}")
+    p.add_argument("--rank", type=int, default=8,
+                   help="the generated adapters' rank, and both engines' max_lora_rank")
     p.add_argument("--hot-swap", type=int, help="hot-swap trials per system")
     p.add_argument("--routing-pairs", type=int)
     p.add_argument("--engine-env", action="append", default=[], metavar="KEY=VALUE",
@@ -131,8 +145,6 @@ def _all_cpus() -> str:
 def _base_dir(args: argparse.Namespace) -> Path:
     if args.base and not args.base_size:
         return args.base.expanduser().resolve()
-    from loraswap.settings import Settings
-
     embedded = (args.base.expanduser().resolve() if args.base
                 else Settings.from_env().base_model_dir)
     if args.base_size:
@@ -208,10 +220,12 @@ class Bench:
                                  seed=args.seed, first=HOT_SWAP_FIRST) if args.hot_swap else []
         self.hot = [{adapter_name(HOT_SWAP_FIRST + i) + f"-{system}": p
                      for i, p in enumerate(hs_paths)} for system in ("vllm", "loraswap")]
-        self.limits = EngineLimits(max_loras=args.max_loras, max_lora_rank=args.rank,
-                                   max_cpu_loras=max(self.max_count + args.hot_swap,
-                                                     args.max_loras),
-                                   max_num_seqs=args.max_num_seqs)
+        # The shared engine limits, as settings: vLLM gets them as flags, loraswap as its
+        # environment (benchmarks.systems).
+        self.limits = Settings.from_env(
+            base_model=self.base, base_model_name=BASE_ID, max_lora_rank=args.rank,
+            max_cpu_loras=max(self.max_count + args.hot_swap, args.max_loras),
+            **{name: getattr(args, name) for name in ENGINE_FLAGS})
         self.engine_env = {"VLLM_CPU_OMP_THREADS_BIND": _all_cpus(),
                            **dict(item.split("=", 1) for item in args.engine_env)}
         self.runs: list[dict] = []
@@ -268,15 +282,15 @@ class Bench:
 
     async def run_loraswap(self, rnd: int) -> None:
         home = self.out_dir / f"home-round{rnd}"
-        register_adapters(home, self.base, self.adapters, self.args.rank)
+        settings = loraswap_settings(self.limits, home)
+        register_adapters(settings, self.adapters)
         names = list(self.adapters)
         aliases: dict[str, str] = {}
         try:
-            aliases = create_experiments(home, self.base, names, self.args.rank)
+            aliases = create_experiments(settings, names)
         except Exception as exc:  # the router not there yet: (d) is reported as not measured
             self.unavailable["loraswap-routed"] = f"creating experiments failed: {exc!r}"
-        server = loraswap_server(home, self.base, self.limits, self.out_dir / "logs" /
-                                 f"round{rnd}")
+        server = loraswap_server(settings, self.out_dir / "logs" / f"round{rnd}")
         server.env.update(self.engine_env)
         direct = Target("loraswap", server.url, lambda i: names[i])
         routed = Target("loraswap-routed", server.url, lambda i: aliases[names[i]],
@@ -378,7 +392,7 @@ def run(argv: list[str] | None = None) -> Path:
                    "ramp": min(5.0, args.duration / 5), "rounds": args.rounds,
                    "adapter_counts": args.adapter_counts, "systems": args.systems,
                    "workload": asdict(bench.spec(max(args.adapter_counts))),
-                   "limits": asdict(bench.limits),
+                   "limits": engine_limits(bench.limits),
                    "limits_note": "loraswap runs with max_cpu_loras + 1 (its CPU base guard's "
                                   "zero adapter); this workload sends no base requests",
                    "base": str(bench.base), "base_size": args.base_size or "embedded",

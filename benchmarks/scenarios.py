@@ -19,7 +19,8 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.loadgen import Target, percentile, send_one
+from benchmarks.loadgen import Target, send_one
+from common.stats import quantile
 
 __all__ = ["hot_swap", "routing_overhead"]
 
@@ -92,8 +93,8 @@ async def routing_overhead(base_url: str, direct: str, alias: str, pairs: int) -
     return {
         "pairs": len(paired), "errors": errors,
         "direct_p50_ms": round(p50_d, 3), "alias_p50_ms": round(p50_a, 3),
-        "direct_p95_ms": round(percentile(direct_ms, 95), 3),
-        "alias_p95_ms": round(percentile(alias_ms, 95), 3),
+        "direct_p95_ms": round(quantile(direct_ms, 0.95), 3),
+        "alias_p95_ms": round(quantile(alias_ms, 0.95), 3),
         "overhead_p50_ms": round(p50_a - p50_d, 3),
         "paired_diff_median_ms": round(statistics.median(paired), 3),
     }

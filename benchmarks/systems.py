@@ -14,100 +14,73 @@ adapters resident.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+from loraswap.launcher import ServeProcess, free_port, serve_command, start_process
+from loraswap.settings import Settings
+from loraswap.wiring import open_registry, open_router
 
-__all__ = ["BASE_ID", "EngineLimits", "Server", "free_port", "loraswap_server", "naive_server",
-           "register_adapters", "create_experiments", "stop_all", "vllm_server"]
+__all__ = ["BASE_ID", "LIMITS", "Server", "create_experiments", "engine_limits",
+           "loraswap_server", "loraswap_settings", "naive_server", "register_adapters",
+           "stop_all", "vllm_server"]
 
 BASE_ID = "loraswap-base"
 ROOT = Path(__file__).resolve().parent.parent
+# The settings both engines must share for a fair comparison (vLLM has a flag for each).
+LIMITS = ("max_loras", "max_lora_rank", "max_cpu_loras", "max_model_len", "max_num_seqs",
+          "kv_cache_gib")
 _LIVE: list[Server] = []  # started and not yet stopped: stop_all() on exit or a signal
 
 
-@dataclass(frozen=True)
-class EngineLimits:
-    max_loras: int = 8
-    max_lora_rank: int = 8
-    max_cpu_loras: int = 64
-    max_model_len: int = 512
-    max_num_seqs: int = 64
-    kv_cache_gib: int = 1
+def engine_limits(settings: Settings) -> dict[str, object]:
+    return {name: getattr(settings, name) for name in LIMITS}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _kv_cache_env(settings: Settings) -> dict[str, str]:
+    # Both engines get it explicitly, so a value inherited from our environment cannot
+    # give one of them a different cache (vLLM's CPU backend takes whole GiB).
+    return {"VLLM_CPU_KVCACHE_SPACE": str(max(1, round(settings.kv_cache_gib)))}
 
 
 @dataclass(eq=False)
 class Server:
+    """A system under test: its command and port are fixed before it starts (the load
+    generator's targets need the URL), started and stopped by loraswap.launcher."""
+
     name: str
     cmd: list[str]
     port: int
     ready_path: str
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen | None = None
-    start_seconds: float | None = None
+    running: ServeProcess | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 300.0) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.env}
-        started = time.monotonic()
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=env, stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        _LIVE.append(self)
-        log.close()
-        while time.monotonic() - started < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} during "
-                                   f"start; see {self.log_path}:\n{self.tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
-                    self.start_seconds = time.monotonic() - started
-                    return
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s; see {self.log_path}")
+    @property
+    def proc(self):  # for py-spy
+        return self.running.proc if self.running else None
 
-    def tail(self, lines: int = 25) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+    @property
+    def start_seconds(self) -> float | None:
+        return self.running.start_seconds if self.running else None
+
+    def start(self, timeout: float = 300.0) -> None:
+        # Own process group: vLLM's engine core is a grandchild, and a Ctrl-C meant for
+        # the harness must reach the harness (which stops every server) first.
+        self.running = start_process(self.cmd, port=self.port, log=self.log_path,
+                                     ready_path=self.ready_path, env=self.env, cwd=ROOT,
+                                     timeout=timeout, name=self.name, own_group=True)
+        _LIVE.append(self)
 
     def stop(self) -> None:
-        """SIGTERM our own child's process group (vLLM's engine core is a grandchild)."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError, PermissionError):  # stragglers
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc = None
+        if self.running is not None:
+            self.running.stop(timeout=30)
+            self.running = None
         if self in _LIVE:
             _LIVE.remove(self)
 
@@ -118,36 +91,34 @@ def stop_all() -> None:
         server.stop()
 
 
-def vllm_server(base: Path, adapters: dict[str, Path], limits: EngineLimits,
+def vllm_server(base: Path, adapters: dict[str, Path], limits: Settings,
                 log_dir: Path) -> Server:
     port = free_port()
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(base),
-           "--served-model-name", BASE_ID, "--enable-lora",
-           "--max-loras", str(limits.max_loras), "--max-lora-rank", str(limits.max_lora_rank),
-           "--max-cpu-loras", str(limits.max_cpu_loras),
-           "--max-model-len", str(limits.max_model_len),
-           "--max-num-seqs", str(limits.max_num_seqs), "--dtype", "float32",
+           "--served-model-name", BASE_ID, "--enable-lora", "--dtype", "float32",
            "--disable-log-stats", "--host", "127.0.0.1", "--port", str(port)]
+    for name, value in engine_limits(limits).items():
+        if name != "kv_cache_gib":  # vLLM's CPU backend takes it from the environment
+            cmd += ["--" + name.replace("_", "-"), str(value)]
     if adapters:
         cmd += ["--lora-modules", *(f"{n}={p}" for n, p in adapters.items())]
-    env = {"VLLM_CPU_KVCACHE_SPACE": str(limits.kv_cache_gib),
+    env = {**_kv_cache_env(limits),
            # for the hot-swap scenario: POST /v1/load_lora_adapter
            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
     return Server("vllm", cmd, port, "/health", log_dir / "vllm.log", env)
 
 
-def loraswap_server(home: Path, base: Path, limits: EngineLimits, log_dir: Path) -> Server:
+def loraswap_settings(limits: Settings, home: Path) -> Settings:
+    """loraswap's settings for the run: the shared limits, plus one cached adapter for the
+    CPU guard's zero adapter, so both engines keep the same number of user adapters."""
+    return limits.replace(home=home, base_model_name=BASE_ID,
+                          max_cpu_loras=limits.max_cpu_loras + 1)
+
+
+def loraswap_server(settings: Settings, log_dir: Path) -> Server:
     port = free_port()
-    cmd = [sys.executable, "-m", "loraswap", "serve", "--port", str(port), "--no-demo",
-           "--max-loras", str(limits.max_loras), "--max-lora-rank", str(limits.max_lora_rank),
-           "--max-cpu-loras", str(limits.max_cpu_loras + 1),  # + the CPU guard's zero adapter
-           "--max-model-len", str(limits.max_model_len),
-           "--max-num-seqs", str(limits.max_num_seqs),
-           "--kv-cache-gib", str(limits.kv_cache_gib)]
-    env = {"LORASWAP_HOME": str(home), "LORASWAP_BASE_MODEL": str(base),
-           "LORASWAP_BASE_MODEL_NAME": BASE_ID,
-           "VLLM_CPU_KVCACHE_SPACE": str(limits.kv_cache_gib)}
-    return Server("loraswap", cmd, port, "/ready", log_dir / "loraswap.log", env)
+    return Server("loraswap", serve_command(port), port, "/ready", log_dir / "loraswap.log",
+                  {**settings.to_env(), **_kv_cache_env(settings)})
 
 
 def naive_server(base: Path, adapters: dict[str, Path], log_dir: Path) -> Server:
@@ -157,25 +128,18 @@ def naive_server(base: Path, adapters: dict[str, Path], log_dir: Path) -> Server
     return Server("naive", cmd, port, "/health", log_dir / "naive.log")
 
 
-def register_adapters(home: Path, base: Path, adapters: dict[str, Path],
-                      max_rank: int) -> list[str]:
-    """Register into a fresh LORASWAP_HOME (the registry's Python API, as the CLI does)."""
-    from adapters import Registry
-
-    home.mkdir(parents=True, exist_ok=True)
-    with Registry(home / "loraswap.db", home / "store", base, max_rank=max_rank) as reg:
+def register_adapters(settings: Settings, adapters: dict[str, Path]) -> list[str]:
+    """Register into a fresh data directory (the registry's Python API, as the CLI does)."""
+    with open_registry(settings) as reg:
         return [reg.add(path, name, description="benchmark", tags=["bench"]).ref
                 for name, path in adapters.items()]
 
 
-def create_experiments(home: Path, base: Path, names: list[str], max_rank: int) -> dict[str, str]:
+def create_experiments(settings: Settings, names: list[str]) -> dict[str, str]:
     """One running experiment per adapter: alias `ab-NAME` -> NAME@1 (weight 100) / base (0)."""
-    from adapters import Registry
-    from router import Router
-
     aliases = {}
-    with Registry(home / "loraswap.db", home / "store", base, max_rank=max_rank) as reg:
-        router = Router(home / "loraswap.db", reg, base_id=BASE_ID)
+    with open_registry(settings) as reg:
+        router = open_router(settings, reg)
         try:
             for name in names:
                 exp = router.create(alias=f"ab-{name}", variants=[(f"{name}@1", 100),

@@ -1,9 +1,9 @@
 """loraswap: one base model, many LoRA adapters hot-swapped per request.
 
-This package is the composition root: the version, the one settings object and
-the `loraswap` command line. The four parts (`adapters`, `training`, `server`,
-`router`) never import it except `loraswap.settings`, which imports nothing of
-ours, so dependencies keep pointing one way.
+This package is the composition root: the version, the one settings declaration, the
+wiring that builds the parts from it, and the `loraswap` command line. The parts
+(`common`, `adapters`, `training`, `server`, `router`) never import it, so dependencies
+keep pointing one way (tests/test_layering.py checks).
 """
 
 from __future__ import annotations

@@ -12,21 +12,17 @@ subprocess, and the HTTP API for the experiment, the traffic and the feedback.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from loraswap.launcher import start_serve
 from loraswap.settings import Settings
+from loraswap.wiring import open_registry, open_router
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -43,52 +39,6 @@ class DemoConfig:
 
 def _say(step: str) -> None:
     print(f"\n== {step}", flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class DemoServer:
-    """`loraswap serve` in a subprocess on a free loopback port."""
-
-    def __init__(self, settings: Settings, log_path: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "LORASWAP_HOME": str(settings.home),
-               "LORASWAP_LOG_ALL_REQUESTS": "0"}
-        if settings.base_model is not None:
-            env["LORASWAP_BASE_MODEL"] = str(settings.base_model)
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "loraswap", "serve", "--host", "127.0.0.1", "--port",
-             str(self.port), "--no-demo"], env=env, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 600) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited ({self.proc.returncode}); "
-                                   f"see {self.log_path}")
-            try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"the server was not ready after {timeout:.0f} s; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(120)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self._log.close()
 
 
 def _train(settings: Settings, registry, data: Path, test: Path, val: Path, name: str, *,
@@ -136,7 +86,6 @@ def _simulate_users(url: str, cfg: DemoConfig, grade: Callable[[str, str], bool]
 
 
 def run_demo(settings: Settings, cfg: DemoConfig = DemoConfig()) -> dict:
-    from adapters import Registry
     from training.base_model import ensure_base_model
     from training.taskworld import make_examples, write_jsonl
 
@@ -156,8 +105,7 @@ def run_demo(settings: Settings, cfg: DemoConfig = DemoConfig()) -> dict:
         write_jsonl(make_examples(cfg.task, split, n, cfg.seed), files[split])
         print(f"{split}: {n} rows -> {files[split]}")
 
-    registry = Registry(settings.db_path, settings.store_dir, settings.base_model_dir,
-                        max_rank=settings.max_lora_rank)
+    registry = open_registry(settings)
     _say("3. train v1 (under-trained: 48 rows, 1 epoch) and v2 (800 rows)")
     v1 = _train(settings, registry, files["train"], files["test"], files["val"], cfg.name,
                 epochs=1, rows=48)
@@ -167,9 +115,11 @@ def run_demo(settings: Settings, cfg: DemoConfig = DemoConfig()) -> dict:
     print(f"{v2['ref']}: exact match {v2['exact_match']:.1%} on the test split")
 
     _say("4. serve both behind an A/B alias")
-    server = DemoServer(settings, work / "server.log")
+    # Only the experiment's requests are logged (feedback on them is what gets exported).
+    serving = settings.replace(log_all_requests=False)
+    server = start_serve(settings.home, settings.base_model, env=serving.to_env(),
+                         log=work / "server.log", timeout=600)
     try:
-        server.wait_ready()
         with httpx.Client(base_url=server.url, timeout=60) as http:
             r = http.post("/admin/experiments", json={
                 "alias": cfg.alias, "retention": True, "variants": [
@@ -201,18 +151,18 @@ def run_demo(settings: Settings, cfg: DemoConfig = DemoConfig()) -> dict:
             print(f"results page: {server.url}/admin/experiments/{name}/results.html")
             http.post(f"/admin/experiments/{name}/stop").raise_for_status()
     finally:
-        server.stop()
+        server.stop(timeout=120)
 
     _say("7. export the feedback as SFT data (thumbs up + corrections)")
-    from router import Router
-
-    router = Router(settings.db_path, registry)
+    router = open_router(settings, registry)
     try:
         exported = router.export("sft", experiment=name)
     finally:
         router.close()
     export_path = work / "feedback-sft.jsonl"
-    export_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in exported.rows))
+    from common.jsonl import write_jsonl as write_rows
+
+    write_rows(exported.rows, export_path)
     print(f"{len(exported.rows)} rows -> {export_path}")
 
     _say(f"8. train v3 from {v2['ref']} on the exported feedback")

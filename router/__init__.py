@@ -16,19 +16,11 @@ from router.errors import (
 from router.experiments import BASE_REF, Experiment, Variant
 from router.feedback import Caller, FeedbackRecord
 from router.protocol import ExperimentCreate, FeedbackIn, VariantSpec, WeightsUpdate
-from router.requestlog import (
-    HEADER_EXPERIMENT,
-    HEADER_VARIANT,
-    RequestRecord,
-    Route,
-    new_request_id,
-)
+from router.requestlog import RequestRecord, Route
 from router.router import Router
 
 __all__ = [
     "BASE_REF",
-    "HEADER_EXPERIMENT",
-    "HEADER_VARIANT",
     "Caller",
     "Experiment",
     "ExperimentConflict",
@@ -48,5 +40,4 @@ __all__ = [
     "Variant",
     "VariantSpec",
     "WeightsUpdate",
-    "new_request_id",
 ]

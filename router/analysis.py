@@ -1,7 +1,7 @@
 """Experiment statistics as pure functions: counts in, numbers out.
 
-No scipy at run time: the few special functions needed (normal CDF, regularized incomplete
-beta and gamma) are implemented here and checked against scipy to 1e-6 in the tests.
+The distributions come from scipy (imported on first use: the router is imported by every
+CLI command and the server, and scipy.stats alone takes a second or more to import).
 Conventions (what the results page and JSON state):
 - proportions: Wilson score interval, 95%;
 - mean scores: Student t interval, 95%;
@@ -23,30 +23,17 @@ __all__ = [
     "SRM_THRESHOLD",
     "Z95",
     "beta_chance_to_win",
-    "betainc",
-    "chi2_sf",
     "diff_interval",
-    "gammaincc",
     "mean_interval",
-    "normal_cdf",
-    "quantile",
     "srm_test",
-    "t_ppf",
-    "t_sf",
     "two_proportion_ztest",
     "welch_interval",
     "welch_ttest",
     "wilson_interval",
 ]
 
-Z95 = 1.959963984540054  # normal quantile at 0.975
+Z95 = 1.959963984540054  # scipy.stats.norm.ppf(0.975)
 SRM_THRESHOLD = 0.001
-_EPS = 1e-15
-_TINY = 1e-300
-
-
-def normal_cdf(x: float) -> float:
-    return 0.5 * math.erfc(-x / math.sqrt(2.0))
 
 
 def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float] | None:
@@ -68,8 +55,10 @@ def two_proportion_ztest(k1: int, n1: int, k2: int, n2: int) -> tuple[float, flo
     se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
     if se == 0:
         return None
+    from scipy.stats import norm
+
     z = (k2 / n2 - k1 / n1) / se
-    return z, math.erfc(abs(z) / math.sqrt(2.0))
+    return z, 2 * float(norm.sf(abs(z)))
 
 
 def diff_interval(k1: int, n1: int, k2: int, n2: int, z: float = Z95) -> tuple[float, float] | None:
@@ -81,118 +70,13 @@ def diff_interval(k1: int, n1: int, k2: int, n2: int, z: float = Z95) -> tuple[f
     return p2 - p1 - z * se, p2 - p1 + z * se
 
 
-# --- special functions -------------------------------------------------------------
-
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction for the incomplete beta (modified Lentz)."""
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > _TINY else _TINY)
-    h = d
-    for m in range(1, 10_000):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > _TINY else _TINY)
-        c = 1.0 + aa / c
-        c = c if abs(c) > _TINY else _TINY
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > _TINY else _TINY)
-        c = 1.0 + aa / c
-        c = c if abs(c) > _TINY else _TINY
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < _EPS:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta I_x(a, b)."""
-    if x <= 0:
-        return 0.0
-    if x >= 1:
-        return 1.0
-    log_front = (
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    )
-    front = math.exp(log_front)
-    if x < (a + 1) / (a + b + 2):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
-def gammaincc(a: float, x: float) -> float:
-    """Regularized upper incomplete gamma Q(a, x)."""
-    if x <= 0:
-        return 1.0
-    log_front = -x + a * math.log(x) - math.lgamma(a)
-    if x < a + 1:  # series for P, then complement
-        term = total = 1.0 / a
-        ap = a
-        for _ in range(100_000):
-            ap += 1
-            term *= x / ap
-            total += term
-            if abs(term) < abs(total) * _EPS:
-                break
-        return max(0.0, 1.0 - total * math.exp(log_front))
-    b = x + 1 - a  # continued fraction for Q
-    c = 1 / _TINY
-    d = 1 / b
-    h = d
-    for i in range(1, 100_000):
-        an = -i * (i - a)
-        b += 2
-        d = an * d + b
-        d = 1.0 / (d if abs(d) > _TINY else _TINY)
-        c = b + an / c
-        c = c if abs(c) > _TINY else _TINY
-        delta = d * c
-        h *= delta
-        if abs(delta - 1) < _EPS:
-            break
-    return math.exp(log_front) * h
-
-
-def chi2_sf(x: float, df: int) -> float:
-    return gammaincc(df / 2.0, x / 2.0)
-
-
-def t_sf(t: float, df: float) -> float:
-    """P(T > t) for Student's t with df degrees of freedom (df may be fractional)."""
-    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
-    return tail if t >= 0 else 1.0 - tail
-
-
-def t_ppf(q: float, df: float) -> float:
-    """Quantile of Student's t (bisection on t_sf; only a handful of calls per report)."""
-    if not 0 < q < 1:
-        raise ValueError("q must be in (0, 1)")
-    if q < 0.5:
-        return -t_ppf(1 - q, df)
-    lo, hi = 0.0, 1.0
-    while t_sf(hi, df) > 1 - q:
-        hi *= 2
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if t_sf(mid, df) > 1 - q:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-12:
-            break
-    return (lo + hi) / 2
-
-
 def mean_interval(mean: float, sd: float, n: int) -> tuple[float, float] | None:
     """Student t 95% interval for a mean (sd with ddof = 1); None when n < 2."""
     if n < 2:
         return None
-    half = t_ppf(0.975, n - 1) * sd / math.sqrt(n)
+    from scipy.stats import t
+
+    half = float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
     return mean - half, mean + half
 
 
@@ -213,9 +97,11 @@ def welch_ttest(
     parts = _welch_parts(s1, n1, s2, n2)
     if parts is None:
         return None
+    from scipy.stats import t as student
+
     se, df = parts
     t = (m2 - m1) / se
-    return t, df, 2 * t_sf(abs(t), df)
+    return t, df, 2 * float(student.sf(abs(t), df))
 
 
 def welch_interval(
@@ -224,23 +110,21 @@ def welch_interval(
     parts = _welch_parts(s1, n1, s2, n2)
     if parts is None:
         return None
+    from scipy.stats import t
+
     se, df = parts
-    half = t_ppf(0.975, df) * se
+    half = float(t.ppf(0.975, df)) * se
     return m2 - m1 - half, m2 - m1 + half
-
-
-def _lbeta(a: float, b: float) -> float:
-    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
 
 
 def _prob_b_beats_a(aa: int, ba: int, ab: int, bb: int) -> float:
     """Exact P(X_B > X_A), X ~ Beta, integer alpha_B (Evan Miller's closed form)."""
-    base = _lbeta(aa, ba)
-    terms = (
-        math.exp(_lbeta(aa + i, ba + bb) - math.log(bb + i) - _lbeta(1 + i, bb) - base)
-        for i in range(ab)
-    )
-    return math.fsum(terms)
+    import numpy as np
+    from scipy.special import betaln
+
+    i = np.arange(ab)
+    terms = np.exp(betaln(aa + i, ba + bb) - np.log(bb + i) - betaln(1 + i, bb) - betaln(aa, ba))
+    return math.fsum(terms.tolist())
 
 
 def beta_chance_to_win(
@@ -259,7 +143,9 @@ def beta_chance_to_win(
     mc, mv = ac / (ac + bc), av / (av + bv)
     vc = ac * bc / ((ac + bc) ** 2 * (ac + bc + 1))
     vv = av * bv / ((av + bv) ** 2 * (av + bv + 1))
-    return normal_cdf((mv - mc) / math.sqrt(vc + vv))
+    from scipy.stats import norm
+
+    return float(norm.cdf((mv - mc) / math.sqrt(vc + vv)))
 
 
 def srm_test(observed: Sequence[int], weights: Sequence[float]) -> tuple[float, int, float] | None:
@@ -274,17 +160,7 @@ def srm_test(observed: Sequence[int], weights: Sequence[float]) -> tuple[float, 
         return None
     if any(o > 0 for o, w in zip(observed, weights, strict=True) if w <= 0):
         return float("inf"), len(live) - 1, 0.0
-    chi2 = sum((o - n * w / total_w) ** 2 / (n * w / total_w) for o, w in live)
-    df = len(live) - 1
-    return chi2, df, chi2_sf(chi2, df)
+    from scipy.stats import chisquare
 
-
-def quantile(values: Sequence[float], q: float) -> float | None:
-    """Linear interpolation between order statistics (numpy's default)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+    test = chisquare([o for o, _ in live], [n * w / total_w for _, w in live])
+    return float(test.statistic), len(live) - 1, float(test.pvalue)

@@ -1,4 +1,5 @@
-"""Router errors carry the HTTP status and OpenAI-style type/code the routes answer with."""
+"""The router's exceptions. They say what went wrong; the server's one error table
+(`server/errors.py`) decides the HTTP status, type and code, so none of that lives here."""
 
 from __future__ import annotations
 
@@ -15,52 +16,35 @@ __all__ = [
 
 
 class RouterError(Exception):
-    status = 400
-    type = "invalid_request_error"
-    code = "invalid_request"
-
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
 
-    def to_body(self) -> dict:
-        return {
-            "error": {"message": self.message, "type": self.type, "param": self.param,
-                      "code": self.code}
-        }
-
 
 class ExperimentNotFound(RouterError):
-    status = 404
-    code = "experiment_not_found"
+    """No experiment by that name."""
 
 
 class InvalidExperiment(RouterError):
-    code = "invalid_experiment"
+    """A variant, weight, alias or transition that cannot be."""
 
 
 class ExperimentConflict(RouterError):
-    status = 409
-    code = "experiment_conflict"
+    """The name or alias is taken, or the experiment is in the wrong state."""
 
 
 class RequestNotFound(RouterError):
-    status = 404
-    code = "request_not_found"
+    """Feedback names a request id the log does not have."""
 
 
 class FeedbackInvalid(RouterError):
-    status = 422
-    code = "invalid_feedback"
+    """A feedback value that does not fit its kind or the experiment's scale."""
 
 
 class FeedbackForbidden(RouterError):
-    status = 403
-    type = "permission_error"
-    code = "feedback_forbidden"
+    """A key gave feedback on a request another key made."""
 
 
 class FeedbackConflict(RouterError):
-    status = 409
-    code = "client_id_reused"
+    """A client_id reused with a different body."""

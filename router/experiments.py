@@ -14,10 +14,10 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 
 from sqlite_utils import Database
 
+from common.timeutil import epoch_to_iso
 from router.errors import ExperimentConflict, ExperimentNotFound, InvalidExperiment
 
 __all__ = [
@@ -28,7 +28,6 @@ __all__ = [
     "create_experiment",
     "delete_experiment",
     "get_experiment",
-    "iso",
     "list_experiments",
     "set_status",
     "set_weights",
@@ -42,12 +41,6 @@ _TRANSITIONS = {
     "pause": ({"running"}, "paused"),
     "stop": ({"draft", "running", "paused"}, "stopped"),
 }
-
-
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -81,7 +74,7 @@ class Experiment:
         data["labels"] = list(self.labels)
         data["variants"] = [asdict(v) for v in self.variants]
         for key in ("created_at", "started_at", "stopped_at", "weights_changed_at"):
-            data[key] = iso(data[key])
+            data[key] = epoch_to_iso(data[key])
         del data["salt"]
         return data
 

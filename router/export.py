@@ -9,7 +9,8 @@
   response (and each correction as true, its original as false).
 
 Conversational rather than plain strings so TRL applies the same chat template the server
-uses. Only chat requests logged with retention on carry the prompt and output needed.
+uses, and in the shared chat schema (common/chat.py) so training accepts every row. Only
+chat requests logged with retention on carry the prompt and output needed.
 "Accepted" scores are in the top quarter of the declared range, "rejected" in the bottom
 quarter (1..5: >= 4 and <= 2); the latest thumb or score on a request decides.
 """
@@ -20,11 +21,13 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import cycle
-from pathlib import Path
 
+from pydantic import ValidationError
 from sqlite_utils import Database
 
-__all__ = ["FORMATS", "ExportResult", "export_feedback", "write_jsonl"]
+from common.chat import ChatMessage
+
+__all__ = ["FORMATS", "ExportResult", "export_feedback"]
 
 FORMATS = ("sft", "dpo", "kto")
 
@@ -50,16 +53,15 @@ class ExportResult:
 
 
 def _messages(prompt_json: str) -> list[dict] | None:
+    """The logged prompt as training turns (the shared chat schema, so training accepts
+    them); None for a text-completion prompt or one the schema refuses: not conversational."""
     prompt = json.loads(prompt_json)
     if not isinstance(prompt, list):
-        return None  # a text-completion prompt: not conversational
-    out = []
-    for m in prompt:
-        content = m.get("content")
-        if isinstance(content, list):
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        out.append({"role": m.get("role", "user"), "content": content or ""})
-    return out
+        return None
+    try:
+        return [ChatMessage.model_validate(m).turn() for m in prompt]
+    except ValidationError:
+        return None
 
 
 def _assistant(text: str) -> list[dict]:
@@ -99,7 +101,7 @@ def export_feedback(
             continue
         messages = _messages(prompt)
         if messages is None:
-            skipped["text-completion requests"] += 1
+            skipped["non-chat prompts"] += 1
             continue
         prompts[rid] = (messages, output)
         if kind == "thumb":
@@ -194,11 +196,3 @@ def _dpo(result, db, prompts, judged, corrections, preferences, skipped) -> None
         if groups[True] and groups[False]:
             for chosen, rejected in zip(cycle(groups[True]), groups[False], strict=False):
                 add(json.loads(key), chosen, rejected)
-
-
-def write_jsonl(rows: list[dict], path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -7,13 +7,13 @@ import math
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from sqlite_utils import Database
 
+from common.timeutil import epoch_to_iso
 from router.errors import FeedbackConflict, FeedbackForbidden, FeedbackInvalid, RequestNotFound
-from router.experiments import iso
-from router.protocol import FeedbackIn
+from router.protocol import FeedbackIn, FeedbackRecord
 
 __all__ = ["Caller", "FeedbackRecord", "record_feedback"]
 
@@ -26,30 +26,17 @@ class Caller:
     is_admin: bool = False
 
 
-@dataclass(frozen=True)
-class FeedbackRecord:
-    id: int
-    client_id: str | None
-    request_id: str
-    kind: str
-    value: float | None
-    label: str | None
-    correction: str | None
-    preferred_over: str | None
-    comment: str | None
-    user: str | None
-    created_at: str
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
 _COLUMNS = ("id, client_id, request_id, kind, value, label, correction, other_request_id, "
             "comment, user, ts")
 
 
+_FIELDS = ("id", "client_id", "request_id", "kind", "value", "label", "correction",
+           "preferred_over", "comment", "user")
+
+
 def _record(row: tuple) -> FeedbackRecord:
-    return FeedbackRecord(*row[:10], created_at=iso(row[10]))
+    return FeedbackRecord(**dict(zip(_FIELDS, row[:10], strict=True)),
+                          created_at=epoch_to_iso(row[10]))
 
 
 def _same(record: FeedbackRecord, fb: FeedbackIn, value: float | None) -> bool:

@@ -6,12 +6,12 @@ migration set so the two parts evolve independently.
 
 from __future__ import annotations
 
-import sqlite3
-import time
 from pathlib import Path
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
+
+import common.sqlite
 
 __all__ = ["MIGRATION_SET", "migrations", "open_db"]
 
@@ -103,32 +103,9 @@ def m001_initial(db: Database) -> None:
 
 
 def open_db(path: Path) -> Database:
-    """A connection usable from any thread (callers serialise), WAL, migrations applied.
+    """The shared file with the router's tables migrated (common.sqlite.open_db).
 
-    A generous busy timeout because the registry, the request-log writer and CLI
-    processes all write to this one file.
+    synchronous=NORMAL: the request log commits a batch every few milliseconds under load;
+    in WAL mode that can lose the last batches on power loss, never corrupt the file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30.0)
-    db = Database(conn)
-    db.execute("PRAGMA busy_timeout = 30000")
-    for attempt in range(50):
-        try:
-            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                db.execute("PRAGMA journal_mode = WAL")
-            break
-        except sqlite3.OperationalError:  # another process is switching it right now
-            time.sleep(0.05 * (attempt + 1))
-    db.execute("PRAGMA synchronous = NORMAL")
-    if migrations.pending(db):
-        # BEGIN IMMEDIATE serialises processes opening a fresh file at once; apply()
-        # re-reads what is pending inside the lock and nests its own savepoints.
-        db.conn.execute("BEGIN IMMEDIATE")
-        try:
-            migrations.apply(db)
-        except BaseException:
-            db.conn.execute("ROLLBACK")
-            raise
-        db.conn.execute("COMMIT")
-    return db
+    return common.sqlite.open_db(path, migrations, synchronous="NORMAL")

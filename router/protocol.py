@@ -1,16 +1,50 @@
-"""Wire formats of the router's HTTP API (admin experiments, client feedback)."""
+"""Wire formats of the router's HTTP API (admin experiments, client feedback).
+
+Requests are validated on the way in; the response models describe what the routes send back,
+so `/openapi.json` documents the real bodies. Response models forbid extra keys and the
+routes validate every body against them: a key added to `Experiment.as_dict()`,
+`FeedbackRecord.as_dict()` or `compute_results()` without its model fails loudly in tests
+instead of going out undocumented. Field order follows those dicts, so the JSON is unchanged.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 __all__ = [
     "FEEDBACK_KINDS",
     "ExperimentCreate",
+    "ExperimentDeleted",
+    "ExperimentInfo",
+    "ExperimentList",
+    "ExperimentResults",
+    "ExperimentView",
     "FeedbackIn",
+    "FeedbackRecord",
+    "FeedbackView",
+    "Interval",
+    "LatencyStats",
+    "MeanLift",
+    "ProportionLift",
+    "ResultsConventions",
+    "ResultsSeries",
+    "ScoreStats",
+    "SeriesPoint",
+    "SrmCheck",
+    "ThumbStats",
+    "TokenStats",
+    "VariantResults",
     "VariantSpec",
+    "VariantWeight",
     "WeightsUpdate",
 ]
 
@@ -87,3 +121,230 @@ class FeedbackIn(BaseModel):
         if self.correction is not None:
             return "correction"
         return "preference"
+
+
+# -- responses ---------------------------------------------------------------------------
+
+
+class _Wire(BaseModel):
+    """Base of the response models: an unknown key is drift between the code that builds a
+    body and its documented shape, so it is refused rather than passed through."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+Interval = Annotated[
+    tuple[float, float], Field(description="95% interval [low, high]")
+]
+ExperimentStatus = Literal["draft", "running", "paused", "stopped"]
+Metric = Literal["thumbs", "score"]
+
+
+class VariantWeight(_Wire):
+    ref: str = Field(description="name@version (pinned at creation) or 'base'")
+    weight: int
+
+
+class ExperimentInfo(_Wire):
+    """An experiment as `Experiment.as_dict()` gives it (the salt stays private)."""
+
+    id: int
+    name: str
+    alias: str
+    status: ExperimentStatus
+    metric: Metric
+    control: str
+    retention: bool
+    score_min: float
+    score_max: float
+    labels: list[str]
+    description: str
+    created_at: str
+    started_at: str | None = Field(description="first start; null while a draft")
+    stopped_at: str | None
+    weights_changed_at: str | None = Field(
+        description="last weight change after the start; the SRM check counts from here")
+    variants: list[VariantWeight]
+
+
+class _ExperimentObject(_Wire):
+    object: Literal["experiment"]
+
+
+class ExperimentView(ExperimentInfo, _ExperimentObject):
+    """One experiment as the admin API returns it.
+
+    `_ExperimentObject` comes last among the bases so that pydantic, which collects fields
+    from the last base first, puts `object` ahead of the rest, where the bodies always had it.
+    """
+
+
+class ExperimentList(_Wire):
+    object: Literal["list"]
+    data: list[ExperimentView]
+
+
+class ExperimentDeleted(_Wire):
+    object: Literal["experiment.deleted"]
+    name: str
+    deleted: bool
+
+
+class FeedbackRecord(_Wire):
+    """A stored feedback record: the new one, or the earlier one a client_id retry matched."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: int
+    client_id: str | None
+    request_id: str
+    kind: Literal["thumb", "score", "label", "correction", "preference"]
+    value: float | None = Field(description="thumb up 1, down 0; the score; null otherwise")
+    label: str | None
+    correction: str | None
+    preferred_over: str | None
+    comment: str | None
+    user: str | None
+    created_at: str
+
+    def as_dict(self) -> dict:
+        return self.model_dump()
+
+
+class FeedbackView(FeedbackRecord):
+    """What POST /v1/feedback answers: the record, tagged (`object` first, as OpenAI does)."""
+
+    object: Literal["feedback"]
+
+    @model_serializer(mode="wrap")
+    def _object_first(self, handler: SerializerFunctionWrapHandler) -> dict:
+        data = handler(self)
+        return {"object": data.pop("object"), **data}
+
+
+class LatencyStats(_Wire):
+    p50: float | None
+    p95: float | None
+
+
+class TokenStats(_Wire):
+    prompt: int
+    completion: int
+    completion_mean: float | None
+
+
+class ThumbStats(_Wire):
+    n: int = Field(description="requests with a thumb (the latest per request counts)")
+    positive: int
+    rate: float | None
+    ci95: Interval | None = Field(description="Wilson score interval")
+
+
+class ScoreStats(_Wire):
+    n: int = Field(description="requests with a score (the latest per request counts)")
+    mean: float | None
+    sd: float | None
+    ci95: Interval | None = Field(description="Student t interval of the mean")
+
+
+class ProportionLift(_Wire):
+    """Thumbs lift of a variant over the control. `z` is absent until both sides have data
+    (it is not null then: nothing was computed), and null when the test is undefined."""
+
+    test: Literal["two-proportion z-test (pooled)"]
+    absolute: float | None
+    absolute_ci95: Interval | None
+    relative: float | None
+    p_value: float | None
+    chance_to_win: float | None = Field(description="P(variant > control), Beta posteriors")
+    z: float | None = None
+
+
+class MeanLift(_Wire):
+    """Score lift of a variant over the control. `t` and `df` are present only once both
+    sides have a standard deviation (two scores or more each)."""
+
+    test: Literal["Welch t-test"]
+    absolute: float | None
+    absolute_ci95: Interval | None
+    relative: float | None
+    p_value: float | None
+    chance_to_win: None = Field(description="computed for thumbs only")
+    t: float | None = None
+    df: float | None = None
+
+
+Lift = Annotated[ProportionLift | MeanLift, Field(discriminator="test")]
+
+
+class VariantResults(_Wire):
+    variant: str
+    is_control: bool
+    weight: int
+    requests: int = Field(description="exposed requests (served while running)")
+    users: int = Field(description="distinct units; each request without a unit counts as one")
+    errors: int
+    feedback: int = Field(description="feedback records of any kind")
+    requests_with_feedback: int
+    feedback_rate: float | None
+    latency_ms: LatencyStats
+    tokens: TokenStats
+    finish_reasons: dict[str, int]
+    thumbs: ThumbStats
+    score: ScoreStats
+    lift: Lift | None = Field(description="null for the control")
+
+
+class ResultsConventions(_Wire):
+    """The statistical conventions, stated in words for readers of the JSON."""
+
+    proportion_interval: str
+    mean_interval: str
+    lift_test: str
+    chance_to_win: str
+    srm: str
+    counting: str
+
+
+class SrmCheck(_Wire):
+    """Sample-ratio mismatch: units by the variant of their first exposure against weights."""
+
+    units: dict[str, int]
+    expected: dict[str, float]
+    chi2: Literal["inf"] | float | None = Field(
+        description="'inf' when a variant of weight 0 received units")
+    df: int | None
+    p_value: float | None
+    flagged: bool
+    threshold: float
+    since: str | None
+
+
+class SeriesPoint(_Wire):
+    t: str = Field(description="end of the time bin")
+    n: int
+    value: float | None = Field(description="cumulative rate or mean score")
+    ci95: Interval | None
+
+
+class ResultsSeries(_Wire):
+    """Cumulative metric per variant by time bin. Before any feedback the bin is null and
+    `y_range` is absent."""
+
+    bin_seconds: int | None
+    bin: str | None
+    variants: dict[str, list[SeriesPoint]]
+    y_range: tuple[float, float] | None = None
+
+
+class ExperimentResults(_Wire):
+    """What `compute_results()` returns: per-variant counts and statistics, SRM, time series."""
+
+    experiment: ExperimentInfo
+    metric: Metric
+    control: str
+    generated_at: str
+    conventions: ResultsConventions
+    variants: list[VariantResults]
+    srm: SrmCheck
+    series: ResultsSeries

@@ -9,30 +9,14 @@ import logging
 import queue
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from router.migrations import open_db
 
-__all__ = [
-    "HEADER_EXPERIMENT",
-    "HEADER_VARIANT",
-    "RequestLogWriter",
-    "RequestRecord",
-    "Route",
-    "new_request_id",
-]
+__all__ = ["RequestLogWriter", "RequestRecord", "Route"]
 
 log = logging.getLogger("loraswap.router")
-
-HEADER_EXPERIMENT = "X-Loraswap-Experiment"
-HEADER_VARIANT = "X-Loraswap-Variant"
-
-
-def new_request_id() -> str:
-    return "req_" + uuid.uuid4().hex
-
 
 @dataclass(frozen=True, slots=True)
 class Route:
@@ -49,13 +33,11 @@ class Route:
     exposed: bool  # False while paused: served, but not counted in the analysis
     retention: bool  # keep prompt and output for this request
 
-    def headers(self) -> dict[str, str]:
-        return {HEADER_EXPERIMENT: self.experiment, HEADER_VARIANT: self.variant}
-
 
 @dataclass(slots=True)
 class RequestRecord:
-    """What the server knows once a request is answered (or failed)."""
+    """What the server knows once a request is answered (or failed). The server builds it
+    (request ids are the server's); the router only stores it."""
 
     request_id: str
     model: str  # what the client asked for: alias, adapter ref, or base id

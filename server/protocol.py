@@ -1,8 +1,10 @@
-"""Wire formats: the OpenAI-compatible request/response models and the admin API's.
+"""Wire formats: the OpenAI-compatible requests and responses, and the admin API's.
 
 OpenAI-facing requests accept unknown fields and ignore them (clients send fields we do not
 implement, like `frequency_penalty`); admin requests forbid them, so a typo is an error.
-Field constraints here produce 400s with the offending parameter named.
+Field constraints here produce 400s with the offending parameter named. Responses are models
+too, so `/openapi.json` describes what the server really returns; fields that only appear
+on request (`token_ids`, a stream chunk's `usage`) are left out when unset.
 """
 
 from __future__ import annotations
@@ -12,21 +14,38 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
+from common.chat import ChatMessage, ContentPart
+
 __all__ = [
+    "AdapterView",
     "AdminModel",
+    "ChatChoice",
+    "ChatCompletionChunk",
     "ChatCompletionRequest",
+    "ChatCompletionResponse",
     "ChatMessage",
+    "ChunkChoice",
+    "CompletionChoice",
     "CompletionRequest",
+    "CompletionResponse",
+    "ContentPart",
+    "EngineView",
     "ErrorBody",
     "ModelCard",
     "ModelList",
+    "PinRequest",
     "RegisterFromPath",
+    "ResidencyView",
     "StreamOptions",
     "Usage",
     "now",
 ]
 
 Number = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def _unset(value: object) -> bool:
+    return value is None
 
 
 def now() -> int:
@@ -43,24 +62,6 @@ class AdminModel(BaseModel):
 
 class StreamOptions(OpenAIModel):
     include_usage: StrictBool = False
-
-
-class ContentPart(OpenAIModel):
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(OpenAIModel):
-    role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[ContentPart] | None = None
-    name: str | None = None
-
-    def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(p.text for p in self.content)
 
 
 class _SamplingFields(OpenAIModel):
@@ -104,13 +105,107 @@ class Usage(BaseModel):
     completion_tokens: int
     total_tokens: int
 
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
+        return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                   total_tokens=prompt_tokens + completion_tokens)
+
+
+# -- chat responses ------------------------------------------------------------------------
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprobEntry(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprobEntry]
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChatLogprobs | None = None
+    finish_reason: str | None
+    token_ids: list[int] | None = Field(default=None, exclude_if=_unset)
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = Field(default=None, exclude_if=_unset)
+    content: str | None = Field(default=None, exclude_if=_unset)
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: Delta
+    logprobs: ChatLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = Field(default=None, exclude_if=_unset)
+
+
+# -- completions responses -----------------------------------------------------------------
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: str | None = None
+    token_ids: list[int] | None = Field(default=None, exclude_if=_unset)
+
+
+class CompletionResponse(BaseModel):
+    """Also each streamed chunk (OpenAI uses the same object there, usage only at the end)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = Field(default=None, exclude_if=_unset)
+
 
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "loraswap"
-    root: str
+    root: str  # the id whose weights this card serves (never a server path)
     parent: str | None = None
 
 
@@ -148,4 +243,57 @@ class PinRequest(AdminModel):
     pinned: bool = True
 
 
-__all__ += ["PinRequest"]
+class ResidencyView(BaseModel):
+    state: Literal["loading", "loaded", "retiring", "failed", "unloaded"]
+    loaded: bool
+    pinned: bool
+    in_flight: int
+
+
+class AdapterView(BaseModel):
+    """A registry version as operators see it: the store path is relative to the server's
+    store, and the full lineage only on the single-version view."""
+
+    object: Literal["adapter"] = "adapter"
+    id: int
+    ref: str
+    name: str
+    version: int
+    status: str
+    path: str  # relative to the adapter store
+    rank: int
+    alpha: float
+    target_modules: list[str]
+    size_bytes: int
+    files: dict[str, str]  # file -> sha256
+    base_name: str
+    base_fingerprint: str
+    base_match: str
+    source_kind: str
+    description: str
+    tags: list[str]
+    metrics: dict[str, Any]
+    parent: str | None = None
+    dataset_fingerprint: str | None = None
+    lineage: dict[str, Any] | None = Field(default=None, exclude_if=_unset)
+    created_at: str
+    archived_at: str | None = None
+    engine: ResidencyView
+
+
+class AdapterList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[AdapterView]
+
+
+class EngineView(BaseModel):
+    base_model: str
+    cpu: bool
+    cpu_base_guard: bool
+    cpu_lora_kernels: bool
+    adapter_capacity: int
+    loaded: list[str]  # least recently used first
+    engine_ids: list[int]
+
+
+__all__ += ["AdapterList"]

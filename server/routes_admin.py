@@ -1,6 +1,9 @@
 """/admin/: the registry and the engine's adapter set, for operators (admin-scope keys).
 
 Registration copies and hashes files: it runs in a worker thread so serving never waits.
+Every write here also updates the in-memory catalog at once, so a version registered
+through this API is servable by the next request. Errors are raised, never caught: the one
+table in server/errors.py answers for them.
 """
 
 from __future__ import annotations
@@ -10,12 +13,19 @@ import tempfile
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
-from adapters import AdapterInUse, AdapterNotFound, AdapterRejected, AdapterTampered, RegistryError
+from adapters import AdapterVersion
 from server.auth_deps import require_admin
-from server.errors import APIError
-from server.protocol import PinRequest, RegisterFromPath
+from server.errors import Conflict, InvalidRequest, PayloadTooLarge
+from server.protocol import (
+    AdapterList,
+    AdapterView,
+    EngineView,
+    PinRequest,
+    RegisterFromPath,
+    ResidencyView,
+)
 
 __all__ = ["router"]
 
@@ -25,54 +35,62 @@ _ARCHIVE_SUFFIXES = {"application/gzip": ".tar.gz", "application/x-gzip": ".tar.
                      "application/zip": ".zip"}
 
 
-def registry_error(exc: RegistryError) -> APIError:
-    if isinstance(exc, AdapterNotFound):
-        return APIError(404, str(exc), code="not_found")
-    if isinstance(exc, AdapterRejected):
-        return APIError(400, str(exc), code="adapter_rejected")
-    if isinstance(exc, AdapterTampered):
-        return APIError(409, str(exc), code="adapter_tampered")
-    if isinstance(exc, AdapterInUse):
-        return APIError(409, str(exc), code="adapter_in_use")
-    return APIError(400, str(exc), code="registry_error")
-
-
-async def _call(fn, *args, **kwargs):
+def _view(request: Request, v: AdapterVersion, *, lineage: bool = False) -> AdapterView:
+    state = request.app.state
     try:
-        return await asyncio.to_thread(fn, *args, **kwargs)
-    except RegistryError as exc:
-        raise registry_error(exc) from None
+        path = str(v.path.relative_to(state.registry.store_dir))
+    except ValueError:
+        path = v.path.name
+    return AdapterView(
+        id=v.id, ref=v.ref, name=v.name, version=v.version, status=v.status, path=path,
+        rank=v.rank, alpha=v.alpha, target_modules=v.target_modules, size_bytes=v.size_bytes,
+        files=v.files, base_name=v.base_name, base_fingerprint=v.base_fingerprint,
+        base_match=v.base_match, source_kind=v.source_kind, description=v.description,
+        tags=v.tags, metrics=v.metrics, parent=v.lineage.get("parent"),
+        dataset_fingerprint=v.lineage.get("dataset_fingerprint"),
+        lineage=v.lineage if lineage else None, created_at=v.created_at,
+        archived_at=v.archived_at, engine=ResidencyView(**state.residency.view(v.id)))
 
 
-def _show(request: Request, v) -> dict:
-    return {**v.as_dict(), "engine": request.app.state.models.state(v.id)}
+def _active(v: AdapterVersion) -> AdapterVersion:
+    if v.status != "active":
+        raise Conflict(f"{v.ref} is {v.status}; only active versions are served",
+                       code="adapter_not_active")
+    return v
 
 
-@router.get("/adapters")
-async def list_adapters(request: Request, include_archived: bool = False) -> dict:
-    versions = await _call(request.app.state.registry.list, include_archived=include_archived)
-    return {"object": "list", "data": [_show(request, v) for v in versions]}
+async def _registered(request: Request, v: AdapterVersion, load: bool) -> Response:
+    request.app.state.catalog.put(v)
+    if load:
+        await request.app.state.residency.ensure_loaded(v)
+    return Response(_view(request, v, lineage=True).model_dump_json(), status_code=201,
+                    media_type="application/json")
 
 
-@router.post("/adapters", status_code=201)
-async def register(body: RegisterFromPath, request: Request):
-    reg = request.app.state.registry
-    v = await _call(reg.add, Path(body.path).expanduser(), body.name,
-                    description=body.description, tags=body.tags, metrics=body.metrics)
-    if body.load:
-        await request.app.state.models.ensure_loaded(v)
-    return JSONResponse(_show(request, v), status_code=201)
+@router.get("/adapters", response_model=AdapterList)
+async def list_adapters(request: Request, include_archived: bool = False) -> AdapterList:
+    versions = await asyncio.to_thread(request.app.state.registry.list,
+                                       include_archived=include_archived)
+    return AdapterList(data=[_view(request, v) for v in versions])
 
 
-@router.post("/adapters/upload", status_code=201)
+@router.post("/adapters", status_code=201, response_model=AdapterView)
+async def register(body: RegisterFromPath, request: Request) -> Response:
+    v = await asyncio.to_thread(request.app.state.registry.add, Path(body.path).expanduser(),
+                                body.name, description=body.description, tags=body.tags,
+                                metrics=body.metrics)
+    return await _registered(request, v, body.load)
+
+
+@router.post("/adapters/upload", status_code=201, response_model=AdapterView)
 async def upload(request: Request, name: str = Query(min_length=1, max_length=64),
-                 description: str = "", load: bool = False):
+                 description: str = "", load: bool = False) -> Response:
     """The body is the archive itself (.tar.gz or .zip), e.g. `curl --data-binary @a.tar.gz`."""
-    limit = request.app.state.settings.max_upload_mib * 1024 * 1024
+    limit = request.app.state.config.max_upload_mib * 1024 * 1024
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise APIError(413, f"upload too large: {declared} bytes, the limit is {limit} "
-                       "(max_upload_mib)", code="upload_too_large")
+        raise PayloadTooLarge(f"upload too large: {declared} bytes, the limit is {limit} "
+                              "(max_upload_mib)")
     ctype = request.headers.get("content-type", "").split(";")[0].strip()
     suffix = _ARCHIVE_SUFFIXES.get(ctype, ".tar.gz")
     with tempfile.TemporaryDirectory(prefix="loraswap-upload-") as tmp:
@@ -82,74 +100,71 @@ async def upload(request: Request, name: str = Query(min_length=1, max_length=64
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise APIError(413, f"upload too large: over {limit} bytes (max_upload_mib)",
-                                   code="upload_too_large")
+                    raise PayloadTooLarge(f"upload too large: over {limit} bytes "
+                                          "(max_upload_mib)")
                 f.write(chunk)
         if size == 0:
-            raise APIError(400, "empty upload: send the archive as the request body",
-                           code="empty_upload")
+            raise InvalidRequest("empty upload: send the archive as the request body",
+                                 code="empty_upload")
         if suffix == ".tar.gz" and path.read_bytes()[:2] == b"PK":
             path = path.rename(path.with_name("upload.zip"))
-        v = await _call(request.app.state.registry.add, path, name, description=description)
-    if load:
-        await request.app.state.models.ensure_loaded(v)
-    return JSONResponse(_show(request, v), status_code=201)
+        v = await asyncio.to_thread(request.app.state.registry.add, path, name,
+                                    description=description)
+    return await _registered(request, v, load)
 
 
-@router.get("/adapters/{ref}")
-async def show(ref: str, request: Request) -> dict:
-    return _show(request, await _call(request.app.state.registry.get, ref))
+@router.get("/adapters/{ref}", response_model=AdapterView)
+async def show(ref: str, request: Request) -> AdapterView:
+    v = await asyncio.to_thread(request.app.state.registry.get, ref)
+    return _view(request, v, lineage=True)
 
 
-@router.post("/adapters/{ref}/archive")
-async def archive(ref: str, request: Request) -> dict:
-    v = await _call(request.app.state.registry.archive, ref)
-    await request.app.state.models.retire(v.id)
-    return _show(request, v)
+@router.post("/adapters/{ref}/archive", response_model=AdapterView)
+async def archive(ref: str, request: Request) -> AdapterView:
+    state = request.app.state
+    v = await asyncio.to_thread(state.registry.archive, ref)
+    state.catalog.put(v)
+    await state.residency.retire(v.id)
+    return _view(request, v)
 
 
-@router.delete("/adapters/{ref}")
+@router.delete("/adapters/{ref}", status_code=204)
 async def delete(ref: str, request: Request) -> Response:
-    reg = request.app.state.registry
-    v = await _call(reg.get, ref)
-    await _call(reg.delete, v.ref)
-    await request.app.state.models.retire(v.id)
+    state = request.app.state
+    v = await asyncio.to_thread(state.registry.resolve, ref)
+    await asyncio.to_thread(state.registry.delete, v.ref)
+    state.catalog.drop(v)
+    await state.residency.retire(v.id)
     return Response(status_code=204)
 
 
-@router.post("/adapters/{ref}/load")
-async def load(ref: str, request: Request) -> dict:
-    v = await _call(request.app.state.registry.get, ref)
-    if v.status != "active":
-        raise APIError(409, f"{v.ref} is {v.status}; only active versions are served",
-                       code="adapter_not_active")
-    await request.app.state.models.ensure_loaded(v)
-    return _show(request, v)
+@router.post("/adapters/{ref}/load", response_model=AdapterView)
+async def load(ref: str, request: Request) -> AdapterView:
+    v = _active(await asyncio.to_thread(request.app.state.registry.get, ref))
+    await request.app.state.residency.ensure_loaded(v)
+    return _view(request, v)
 
 
-@router.post("/adapters/{ref}/unload")
-async def unload(ref: str, request: Request) -> dict:
-    v = await _call(request.app.state.registry.get, ref)
-    await request.app.state.models.unload(v)
-    return _show(request, v)
+@router.post("/adapters/{ref}/unload", response_model=AdapterView)
+async def unload(ref: str, request: Request) -> AdapterView:
+    v = await asyncio.to_thread(request.app.state.registry.resolve, ref)
+    await request.app.state.residency.unload(v)
+    return _view(request, v)
 
 
-@router.post("/adapters/{ref}/pin")
-async def pin(ref: str, request: Request, body: PinRequest | None = None) -> dict:
-    v = await _call(request.app.state.registry.get, ref)
-    if v.status != "active":
-        raise APIError(409, f"{v.ref} is {v.status}; only active versions are served",
-                       code="adapter_not_active")
-    await request.app.state.models.pin(v, True if body is None else body.pinned)
-    return _show(request, v)
+@router.post("/adapters/{ref}/pin", response_model=AdapterView)
+async def pin(ref: str, request: Request, body: PinRequest | None = None) -> AdapterView:
+    v = _active(await asyncio.to_thread(request.app.state.registry.get, ref))
+    await request.app.state.residency.pin(v, True if body is None else body.pinned)
+    return _view(request, v)
 
 
-@router.get("/engine")
-async def engine_state(request: Request) -> dict:
-    app = request.app
-    engine = app.state.engine
-    return {"base_model": app.state.models.base_id, "cpu": engine.is_cpu,
-            "cpu_base_guard": engine.guard_active, "cpu_lora_kernels": engine.lora_kernels,
-            "adapter_capacity": app.state.models.capacity,
-            "loaded": [v.ref for v in app.state.models.loaded()],
-            "engine_ids": sorted(await engine.loaded_ids())}
+@router.get("/engine", response_model=EngineView)
+async def engine_state(request: Request) -> EngineView:
+    state = request.app.state
+    engine = state.engine
+    return EngineView(base_model=state.models.base_id, cpu=engine.is_cpu,
+                      cpu_base_guard=engine.guard_active, cpu_lora_kernels=engine.lora_kernels,
+                      adapter_capacity=state.residency.capacity,
+                      loaded=[v.ref for v in state.residency.resident()],
+                      engine_ids=sorted(await engine.loaded_ids()))

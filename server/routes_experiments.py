@@ -1,99 +1,105 @@
 """Admin API for experiments: `/admin/experiments` CRUD, life cycle, weights, results.
 
-Depends only on FastAPI and `router`. The app provides the Router object as
-`app.state.router` (or overrides `get_router`); admin authentication is added where the
-router is mounted: `app.include_router(api, dependencies=[Depends(require_admin)])`.
+Admin authentication is added where this router is mounted. Router calls touch SQLite, so
+they run in a worker thread; router errors propagate to the one error table. Every body is
+validated against its response model in router/protocol.py (also what `/openapi.json` shows),
+so a change in what the router returns cannot leave the documented shape silently.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
-from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel
 
-from router import ExperimentCreate, Router, RouterError, WeightsUpdate
+from router import Experiment, ExperimentCreate, Router, WeightsUpdate
+from router.protocol import (
+    ExperimentDeleted,
+    ExperimentList,
+    ExperimentResults,
+    ExperimentView,
+)
 from router.results_page import render_results_page
 
-__all__ = ["api", "get_router"]
+__all__ = ["api"]
 
 api = APIRouter(prefix="/admin/experiments", tags=["experiments"])
 
 
-def get_router(request: Request) -> Router:
-    return request.app.state.router
+def _view(exp: Experiment) -> ExperimentView:
+    return ExperimentView.model_validate({"object": "experiment", **exp.as_dict()})
 
 
-RouterDep = Annotated[Router, Depends(get_router)]
+def _respond(body: BaseModel, status: int = 200) -> JSONResponse:
+    """`exclude_unset`: keys the router leaves out (a lift's `z` before both sides have
+    data, the series' `y_range` before any feedback) stay out instead of becoming nulls."""
+    return JSONResponse(body.model_dump(mode="json", exclude_unset=True), status_code=status)
 
 
-def _answer(call: Callable[[], Any], status: int = 200) -> Any:
-    try:
-        result = call()
-    except RouterError as exc:
-        return JSONResponse(exc.to_body(), status_code=exc.status)
-    if hasattr(result, "as_dict"):
-        result = {"object": "experiment", **result.as_dict()}
-    return JSONResponse(result, status_code=status)
+async def _experiment(
+    request: Request, fn: Callable[[Router], Experiment], status: int = 200
+) -> JSONResponse:
+    exp = await asyncio.to_thread(fn, request.app.state.router)
+    return _respond(_view(exp), status)
 
 
-@api.get("")
-def list_experiments(router: RouterDep) -> Any:
-    data = [{"object": "experiment", **e.as_dict()} for e in router.list()]
-    return {"object": "list", "data": data}
+@api.get("", response_model=ExperimentList)
+async def list_experiments(request: Request) -> JSONResponse:
+    exps = await asyncio.to_thread(request.app.state.router.list)
+    return _respond(ExperimentList(object="list", data=[_view(e) for e in exps]))
 
 
-@api.post("", status_code=201)
-def create_experiment(body: ExperimentCreate, router: RouterDep) -> Any:
+@api.post("", status_code=201, response_model=ExperimentView)
+async def create_experiment(body: ExperimentCreate, request: Request) -> JSONResponse:
     options = body.model_dump(exclude={"alias", "variants"}, exclude_none=True)
-    return _answer(lambda: router.create(
+    return await _experiment(request, lambda r: r.create(
         alias=body.alias, variants=[(v.ref, v.weight) for v in body.variants], **options), 201)
 
 
-@api.get("/{name}")
-def get_experiment(name: str, router: RouterDep) -> Any:
-    return _answer(lambda: router.get(name))
+@api.get("/{name}", response_model=ExperimentView)
+async def get_experiment(name: str, request: Request) -> JSONResponse:
+    return await _experiment(request, lambda r: r.get(name))
 
 
-@api.delete("/{name}")
-def delete_experiment(name: str, router: RouterDep) -> Any:
-    def call() -> dict:
-        router.delete(name)
-        return {"object": "experiment.deleted", "name": name, "deleted": True}
-
-    return _answer(call)
+@api.delete("/{name}", response_model=ExperimentDeleted)
+async def delete_experiment(name: str, request: Request) -> JSONResponse:
+    await asyncio.to_thread(request.app.state.router.delete, name)
+    return _respond(ExperimentDeleted(object="experiment.deleted", name=name, deleted=True))
 
 
-@api.post("/{name}/start")
-def start_experiment(name: str, router: RouterDep) -> Any:
-    return _answer(lambda: router.start(name))
+@api.post("/{name}/start", response_model=ExperimentView)
+async def start_experiment(name: str, request: Request) -> JSONResponse:
+    return await _experiment(request, lambda r: r.start(name))
 
 
-@api.post("/{name}/pause")
-def pause_experiment(name: str, router: RouterDep) -> Any:
-    return _answer(lambda: router.pause(name))
+@api.post("/{name}/pause", response_model=ExperimentView)
+async def pause_experiment(name: str, request: Request) -> JSONResponse:
+    return await _experiment(request, lambda r: r.pause(name))
 
 
-@api.post("/{name}/stop")
-def stop_experiment(name: str, router: RouterDep) -> Any:
-    return _answer(lambda: router.stop(name))
+@api.post("/{name}/stop", response_model=ExperimentView)
+async def stop_experiment(name: str, request: Request) -> JSONResponse:
+    return await _experiment(request, lambda r: r.stop(name))
 
 
-@api.put("/{name}/weights")
-def set_weights(name: str, body: WeightsUpdate, router: RouterDep) -> Any:
-    return _answer(lambda: router.set_weights(name, [(v.ref, v.weight) for v in body.variants]))
+@api.put("/{name}/weights", response_model=ExperimentView)
+async def set_weights(name: str, body: WeightsUpdate, request: Request) -> JSONResponse:
+    return await _experiment(request, lambda r: r.set_weights(
+        name, [(v.ref, v.weight) for v in body.variants]))
 
 
-@api.get("/{name}/results")
-def results(name: str, router: RouterDep) -> Any:
-    return _answer(lambda: router.results(name))
+@api.get("/{name}/results", response_model=ExperimentResults)
+async def results(name: str, request: Request) -> JSONResponse:
+    def compute() -> ExperimentResults:
+        return ExperimentResults.model_validate(request.app.state.router.results(name))
+
+    return _respond(await asyncio.to_thread(compute))
 
 
 @api.get("/{name}/results.html", response_class=HTMLResponse)
-def results_page(name: str, router: RouterDep) -> Any:
-    try:
-        data = router.results(name)
-    except RouterError as exc:
-        return JSONResponse(exc.to_body(), status_code=exc.status)
+async def results_page(name: str, request: Request) -> HTMLResponse:
+    data = await asyncio.to_thread(request.app.state.router.results, name)
     return HTMLResponse(render_results_page(data))

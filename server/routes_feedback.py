@@ -1,50 +1,35 @@
 """`POST /v1/feedback`: thumbs, scores, labels, corrections and preferences on a request id.
 
-Depends only on FastAPI and `router`. The Router comes from `app.state.router`; who is
-calling comes from `request.state.api_key_id` / `request.state.is_admin`, which the
-server's authentication sets (absent = API keys off). Override `get_caller` or
-`get_router` with `app.dependency_overrides` to wire them differently.
+Who is calling comes from `request.state.api_key_id` / `request.state.is_admin`, which the
+server's authentication sets (absent = API keys off): a key may judge only its own requests.
+Router errors propagate to the one error table (server/errors.py).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import asyncio
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from router import Caller, FeedbackIn, Router, RouterError
+from router import Caller, FeedbackIn
+from router.protocol import FeedbackView
 
-__all__ = ["api", "get_caller", "get_router"]
+__all__ = ["api"]
 
 api = APIRouter(tags=["feedback"])
 
 
-def get_router(request: Request) -> Router:
-    return request.app.state.router
-
-
-def get_caller(request: Request) -> Caller:
-    return Caller(
-        api_key_id=getattr(request.state, "api_key_id", None),
-        is_admin=bool(getattr(request.state, "is_admin", False)),
-    )
-
-
-RouterDep = Annotated[Router, Depends(get_router)]
-CallerDep = Annotated[Caller, Depends(get_caller)]
-
-
-@api.post("/v1/feedback", status_code=201)
-def post_feedback(
-    body: FeedbackIn,
-    router: RouterDep,
-    caller: CallerDep,
-) -> Any:
+@api.post(
+    "/v1/feedback", status_code=201, response_model=FeedbackView,
+    responses={200: {"model": FeedbackView,
+                     "description": "a retry: the record stored under this client_id"}},
+)
+async def post_feedback(body: FeedbackIn, request: Request) -> JSONResponse:
     """201 with the new record; 200 with the stored record when the client_id was seen."""
-    try:
-        record, created = router.record_feedback(body, caller)
-    except RouterError as exc:
-        return JSONResponse(exc.to_body(), status_code=exc.status)
-    return JSONResponse({"object": "feedback", **record.as_dict()},
-                        status_code=201 if created else 200)
+    caller = Caller(api_key_id=getattr(request.state, "api_key_id", None),
+                    is_admin=bool(getattr(request.state, "is_admin", False)))
+    record, created = await asyncio.to_thread(request.app.state.router.record_feedback,
+                                              body, caller)
+    view = FeedbackView.model_validate({"object": "feedback", **record.as_dict()})
+    return JSONResponse(view.model_dump(mode="json"), status_code=201 if created else 200)

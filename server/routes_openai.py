@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
+from server import protocol as wire
 from server.auth_deps import require_inference
-from server.protocol import ChatCompletionRequest, CompletionRequest, ModelList
 from server.serving_base import RequestMeta
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_inference)])
 
+_SSE = {200: {"content": {"text/event-stream": {"description": "with stream=true: chunks of "
+                                                               "the same shape, then [DONE]"}}}}
 
-@router.get("/models", response_model=ModelList)
-async def list_models(request: Request) -> ModelList:
+
+@router.get("/models", response_model=wire.ModelList)
+async def list_models(request: Request) -> wire.ModelList:
     return request.app.state.models.list_models()
 
 
@@ -23,11 +26,11 @@ def _meta(request: Request) -> RequestMeta:
                        getattr(request.state, "api_key_id", None))
 
 
-@router.post("/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, request: Request):
+@router.post("/chat/completions", response_model=wire.ChatCompletionResponse, responses=_SSE)
+async def chat_completions(body: wire.ChatCompletionRequest, request: Request):
     return await request.app.state.chat.create(body, _meta(request))
 
 
-@router.post("/completions")
-async def completions(body: CompletionRequest, request: Request):
+@router.post("/completions", response_model=wire.CompletionResponse, responses=_SSE)
+async def completions(body: wire.CompletionRequest, request: Request):
     return await request.app.state.completions.create(body, _meta(request))

@@ -15,27 +15,26 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel
+
 from router import RequestRecord
-from server.engine import (
-    ChoiceDelta,
-    Engine,
-    EngineInputError,
-    EngineOutput,
-    GenParams,
-    TokenLogprob,
-)
-from server.errors import APIError
+from server.engine import ChoiceDelta, EngineOutput, GenParams, TokenLogprob
+from server.errors import InvalidRequest, describe
 from server.metrics import Metrics
 from server.protocol import Usage
-from server.serving_models import ModelManager, Target
+from server.residency import Residency
+from server.serving_models import ServingModels, Target
 
 __all__ = ["Accumulated", "RequestMeta", "ServingBase", "sse"]
 
 log = logging.getLogger("loraswap.requests")
 
 
-def sse(data: dict | str) -> str:
-    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+def sse(data: BaseModel | dict | str) -> str:
+    if isinstance(data, BaseModel):
+        payload = data.model_dump_json()
+    else:
+        payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
     return f"data: {payload}\n\n"
 
 
@@ -73,11 +72,12 @@ class ServingBase:
     endpoint = "base"
     log_endpoint = "base"  # the request log's name for it
 
-    def __init__(self, models: ModelManager, engine: Engine, tokenizer, metrics: Metrics,
-                 max_model_len: int, max_n: int,
+    def __init__(self, models: ServingModels, residency: Residency, engine, tokenizer,
+                 metrics: Metrics, max_model_len: int, max_n: int,
                  request_log: Callable[[RequestRecord], bool] | None = None) -> None:
         self.request_log = request_log
         self.models = models
+        self.residency = residency
         self.engine = engine
         self.tokenizer = tokenizer
         self.metrics = metrics
@@ -87,33 +87,33 @@ class ServingBase:
     def target(self, model: str, user: str | None, meta: RequestMeta) -> Target:
         """Resolve `model` (an alias routes by `user`, else the X-User-Id header)."""
         unit = user or meta.user_header
-        return dataclasses.replace(self.models.resolver(model, unit), request_id=meta.request_id,
+        return dataclasses.replace(self.models.resolve(model, unit), request_id=meta.request_id,
                                    api_key_id=meta.api_key_id)
 
     def gen_params(self, *, prompt_len: int, max_tokens: int | None, req, logprobs: int | None,
                    what: str = "messages") -> GenParams:
         limit = self.max_model_len
         if prompt_len >= limit:
-            raise APIError(400, f"This model's maximum context length is {limit} tokens. However, "
-                           f"your {what} resulted in {prompt_len} tokens. Please reduce the "
-                           f"length of the {what}.", param=what, code="context_length_exceeded")
+            raise InvalidRequest(f"This model's maximum context length is {limit} tokens. "
+                                 f"However, your {what} resulted in {prompt_len} tokens. Please "
+                                 f"reduce the length of the {what}.", param=what,
+                                 code="context_length_exceeded")
         remaining = limit - prompt_len
         if max_tokens is None:
             max_tokens = remaining
         elif max_tokens > remaining:
-            raise APIError(400, f"This model's maximum context length is {limit} tokens. However, "
-                           f"you requested {prompt_len + max_tokens} tokens ({prompt_len} in the "
-                           f"{what}, {max_tokens} in the completion). Please reduce the length "
-                           f"of the {what} or completion.", param="max_tokens",
-                           code="context_length_exceeded")
+            raise InvalidRequest(f"This model's maximum context length is {limit} tokens. "
+                                 f"However, you requested {prompt_len + max_tokens} tokens "
+                                 f"({prompt_len} in the {what}, {max_tokens} in the completion). "
+                                 f"Please reduce the length of the {what} or completion.",
+                                 param="max_tokens", code="context_length_exceeded")
         if req.n > self.max_n:
-            raise APIError(400, f"Invalid value for 'n': at most {self.max_n} choices per "
-                           f"request, got {req.n}.", param="n", code="invalid_value")
+            raise InvalidRequest(f"Invalid value for 'n': at most {self.max_n} choices per "
+                                 f"request, got {req.n}.", param="n")
         temperature = 1.0 if req.temperature is None else req.temperature
         if req.n > 1 and temperature == 0:
-            raise APIError(400, "Invalid value for 'n': n > 1 needs temperature > 0 (greedy "
-                           "decoding would return n identical choices).", param="n",
-                           code="invalid_value")
+            raise InvalidRequest("Invalid value for 'n': n > 1 needs temperature > 0 (greedy "
+                                 "decoding would return n identical choices).", param="n")
         return GenParams(max_tokens=max_tokens, temperature=temperature,
                          top_p=1.0 if req.top_p is None else req.top_p, n=req.n,
                          stop=tuple(req.stop_list()), seed=req.seed, logprobs=logprobs,
@@ -133,24 +133,21 @@ class ServingBase:
         completion = 0
         text0, finish0, status = "", None, 200
         try:
-            async with self.models.use(target):
-                try:
-                    async for out in self.engine.generate(rid, prompt_ids, params,
-                                                          target.engine_adapter):
-                        n_new = sum(len(c.token_ids) for c in out.choices)
-                        if first and n_new:
-                            self.metrics.ttft.observe(time.monotonic() - started)
-                            first = False
-                        completion += n_new
-                        for c in out.choices:
-                            if c.index == 0:
-                                text0 += c.text
-                                finish0 = c.finish_reason or finish0
-                        yield out
-                except EngineInputError as exc:
-                    raise APIError(400, str(exc), param=exc.param, code="invalid_value") from None
+            async with self.residency.hold(target.version):
+                async for out in self.engine.generate(rid, prompt_ids, params,
+                                                      target.engine_adapter):
+                    n_new = sum(len(c.token_ids) for c in out.choices)
+                    if first and n_new:
+                        self.metrics.ttft.observe(time.monotonic() - started)
+                        first = False
+                    completion += n_new
+                    for c in out.choices:
+                        if c.index == 0:
+                            text0 += c.text
+                            finish0 = c.finish_reason or finish0
+                    yield out
         except BaseException as exc:
-            status = exc.status if isinstance(exc, APIError) else 500
+            status = describe(exc)[0] if isinstance(exc, Exception) else 499
             raise
         finally:
             self.metrics.in_flight.dec()
@@ -180,14 +177,13 @@ class ServingBase:
         return acc
 
     @staticmethod
-    def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-        return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                     total_tokens=prompt_tokens + completion_tokens).model_dump()
+    def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+        return Usage.of(prompt_tokens, completion_tokens)
 
     @staticmethod
     def stream_error(exc: Exception) -> str:
-        if isinstance(exc, APIError):
-            return sse(exc.body())
-        log.exception("stream failed")
-        return sse({"error": {"message": f"internal error: {exc.__class__.__name__}",
-                              "type": "server_error", "param": None, "code": "internal_error"}})
+        """An error after the 200 went out: the same body the table gives, as an SSE event."""
+        status, body = describe(exc)
+        if status >= 500:
+            log.error("stream failed", exc_info=exc)
+        return sse(body)

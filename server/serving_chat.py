@@ -7,20 +7,33 @@ from collections.abc import AsyncIterator
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from server.engine import TokenLogprob
-from server.errors import APIError
-from server.protocol import ChatCompletionRequest, now
+from server.engine import GenParams, TokenLogprob
+from server.errors import InvalidRequest
+from server.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatLogprobs,
+    ChunkChoice,
+    Delta,
+    TokenLogprobEntry,
+    TopLogprob,
+    now,
+)
 from server.serving_base import RequestMeta, ServingBase, finish_reason, sse
+from server.serving_models import Target
 
 __all__ = ["ServingChat"]
 
-_ROLE_ALIASES = {"developer": "system"}
 
-
-def _lp_entry(lp: TokenLogprob) -> dict:
-    return {"token": lp.token, "logprob": lp.logprob, "bytes": list(lp.token.encode()),
-            "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())}
-                             for t, v in lp.top]}
+def _logprobs(lps: list[TokenLogprob] | None) -> ChatLogprobs:
+    return ChatLogprobs(content=[
+        TokenLogprobEntry(token=lp.token, logprob=lp.logprob, bytes=list(lp.token.encode()),
+                          top_logprobs=[TopLogprob(token=t, logprob=v, bytes=list(t.encode()))
+                                        for t, v in lp.top])
+        for lp in lps or []])
 
 
 class ServingChat(ServingBase):
@@ -29,16 +42,15 @@ class ServingChat(ServingBase):
 
     @staticmethod
     def messages(req: ChatCompletionRequest) -> list[dict[str, str]]:
-        return [{"role": _ROLE_ALIASES.get(m.role, m.role), "content": m.text()}
-                for m in req.messages]
+        return [m.turn() for m in req.messages]
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         try:
             text = self.tokenizer.apply_chat_template(messages, tokenize=False,
                                                       add_generation_prompt=True)
         except Exception as exc:  # a template may refuse a role order, say
-            raise APIError(400, f"the chat template refused these messages: {exc}",
-                           param="messages", code="invalid_messages") from None
+            raise InvalidRequest(f"the chat template refused these messages: {exc}",
+                                 param="messages", code="invalid_messages") from None
         # The template writes BOS; the tokenizer must not add a second one.
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -46,59 +58,52 @@ class ServingChat(ServingBase):
         target = self.target(req.model, req.user, meta)
         messages = self.messages(req)
         ids = self.prompt_ids(messages)
-        k = None
-        if req.logprobs:
-            k = req.top_logprobs or 0
+        k = (req.top_logprobs or 0) if req.logprobs else None
         params = self.gen_params(prompt_len=len(ids),
                                  max_tokens=req.max_completion_tokens or req.max_tokens,
                                  req=req, logprobs=k)
         cid = f"chatcmpl-{uuid.uuid4().hex}"
         if req.stream:
             if target.version is not None:  # fail before the 200 if it cannot load
-                await self.models.ensure_loaded(target.version)
+                await self.residency.ensure_loaded(target.version)
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(self._stream(cid, target, ids, params, include_usage,
                                                   messages),
                                      media_type="text/event-stream", headers=target.headers())
         acc = await self.collect(target, ids, params, messages)
-        choices = []
-        for i, a in enumerate(acc):
-            lps = {"content": [_lp_entry(x) for x in a.logprobs or []]} if k is not None else None
-            choice = {"index": i, "message": {"role": "assistant", "content": a.text},
-                      "logprobs": lps, "finish_reason": finish_reason(a.finish_reason)}
-            if req.return_token_ids:
-                choice["token_ids"] = a.token_ids
-            choices.append(choice)
-        body = {"id": cid, "object": "chat.completion", "created": now(),
-                "model": target.model_id, "choices": choices,
-                "usage": self.usage(len(ids), sum(len(a.token_ids) for a in acc))}
-        return JSONResponse(body, headers=target.headers())
+        body = ChatCompletionResponse(
+            id=cid, created=now(), model=target.model_id,
+            choices=[ChatChoice(index=i, message=AssistantMessage(content=a.text),
+                                logprobs=_logprobs(a.logprobs) if k is not None else None,
+                                finish_reason=finish_reason(a.finish_reason),
+                                token_ids=a.token_ids if req.return_token_ids else None)
+                     for i, a in enumerate(acc)],
+            usage=self.usage(len(ids), sum(len(a.token_ids) for a in acc)))
+        return JSONResponse(body.model_dump(mode="json"), headers=target.headers())
 
-    async def _stream(self, cid, target, ids, params, include_usage, messages,
-                      ) -> AsyncIterator[str]:
+    async def _stream(self, cid: str, target: Target, ids: list[int], params: GenParams,
+                      include_usage: bool, messages: list[dict[str, str]]) -> AsyncIterator[str]:
         created = now()
-        base = {"id": cid, "object": "chat.completion.chunk", "created": created,
-                "model": target.model_id}
+
+        def chunk(choices: list[ChunkChoice], usage=None) -> str:
+            return sse(ChatCompletionChunk(id=cid, created=created, model=target.model_id,
+                                           choices=choices, usage=usage))
+
         completion = 0
         try:
             for i in range(params.n):
-                yield sse({**base, "choices": [{"index": i, "delta": {"role": "assistant",
-                                                                      "content": ""},
-                                                "logprobs": None, "finish_reason": None}]})
+                yield chunk([ChunkChoice(index=i, delta=Delta(role="assistant", content=""))])
             async for out in self.outputs(target, ids, params, messages):
                 for c in out.choices:
                     completion += len(c.token_ids)
                     if not c.text and not c.finish_reason:
                         continue
-                    lps = None
-                    if params.logprobs is not None:
-                        lps = {"content": [_lp_entry(x) for x in c.logprobs or []]}
-                    delta = {"content": c.text} if c.text else {}
-                    yield sse({**base, "choices": [{
-                        "index": c.index, "delta": delta, "logprobs": lps,
-                        "finish_reason": finish_reason(c.finish_reason)}]})
+                    lps = _logprobs(c.logprobs) if params.logprobs is not None else None
+                    yield chunk([ChunkChoice(index=c.index, delta=Delta(content=c.text or None),
+                                             logprobs=lps,
+                                             finish_reason=finish_reason(c.finish_reason))])
             if include_usage:
-                yield sse({**base, "choices": [], "usage": self.usage(len(ids), completion)})
+                yield chunk([], self.usage(len(ids), completion))
         except Exception as exc:
             yield self.stream_error(exc)
         yield sse("[DONE]")

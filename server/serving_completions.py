@@ -7,23 +7,31 @@ from collections.abc import AsyncIterator
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from server.engine import TokenLogprob
-from server.errors import APIError
-from server.protocol import CompletionRequest, now
+from server.engine import GenParams, TokenLogprob
+from server.errors import InvalidRequest
+from server.protocol import (
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    now,
+)
 from server.serving_base import RequestMeta, ServingBase, finish_reason, sse
+from server.serving_models import Target
 
 __all__ = ["ServingCompletions"]
 
 MAX_PROMPTS = 16
 
 
-def _logprobs(lps: list[TokenLogprob], offset0: int) -> dict:
+def _logprobs(lps: list[TokenLogprob], offset0: int) -> CompletionLogprobs:
     offsets, pos = [], offset0
     for lp in lps:
         offsets.append(pos)
         pos += len(lp.token)
-    return {"tokens": [x.token for x in lps], "token_logprobs": [x.logprob for x in lps],
-            "top_logprobs": [dict(x.top) for x in lps], "text_offset": offsets}
+    return CompletionLogprobs(tokens=[x.token for x in lps],
+                              token_logprobs=[x.logprob for x in lps],
+                              top_logprobs=[dict(x.top) for x in lps], text_offset=offsets)
 
 
 class ServingCompletions(ServingBase):
@@ -35,21 +43,21 @@ class ServingCompletions(ServingBase):
         vocab = len(self.tokenizer)
         if isinstance(p, list) and p and all(isinstance(x, int) for x in p):
             if any(t < 0 or t >= vocab for t in p):
-                raise APIError(400, f"Invalid value for 'prompt': token ids must be in [0, {vocab})",
-                               param="prompt", code="invalid_value")
+                raise InvalidRequest(f"Invalid value for 'prompt': token ids must be in "
+                                     f"[0, {vocab})", param="prompt")
             return [(self.tokenizer.decode(p), list(p))]
         texts = [p] if isinstance(p, str) else list(p)
         if not texts:
-            raise APIError(400, "Invalid value for 'prompt': empty list", param="prompt")
+            raise InvalidRequest("Invalid value for 'prompt': empty list", param="prompt")
         if len(texts) > MAX_PROMPTS:
-            raise APIError(400, f"Invalid value for 'prompt': at most {MAX_PROMPTS} prompts",
-                           param="prompt", code="invalid_value")
+            raise InvalidRequest(f"Invalid value for 'prompt': at most {MAX_PROMPTS} prompts",
+                                 param="prompt")
         out = []
         for t in texts:
             ids = self.tokenizer(t, add_special_tokens=True)["input_ids"]
             if not ids:
-                raise APIError(400, "Invalid value for 'prompt': the prompt is empty",
-                               param="prompt", code="invalid_value")
+                raise InvalidRequest("Invalid value for 'prompt': the prompt is empty",
+                                     param="prompt")
             out.append((t, ids))
         return out
 
@@ -63,7 +71,7 @@ class ServingCompletions(ServingBase):
         headers = target.headers()
         if req.stream:
             if target.version is not None:
-                await self.models.ensure_loaded(target.version)
+                await self.residency.ensure_loaded(target.version)
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(self._stream(cid, target, prompts, params, req.echo,
                                                   include_usage),
@@ -75,39 +83,43 @@ class ServingCompletions(ServingBase):
             for j, a in enumerate(acc):
                 completion_tokens += len(a.token_ids)
                 prefix = text if req.echo else ""
-                lps = _logprobs(a.logprobs or [], len(prefix)) if req.logprobs is not None else None
-                choice = {"index": p * gp.n + j, "text": prefix + a.text, "logprobs": lps,
-                          "finish_reason": finish_reason(a.finish_reason)}
-                if req.return_token_ids:
-                    choice["token_ids"] = a.token_ids
-                choices.append(choice)
-        body = {"id": cid, "object": "text_completion", "created": now(),
-                "model": target.model_id, "choices": choices,
-                "usage": self.usage(prompt_tokens, completion_tokens)}
-        return JSONResponse(body, headers=headers)
+                choices.append(CompletionChoice(
+                    index=p * gp.n + j, text=prefix + a.text,
+                    logprobs=(_logprobs(a.logprobs or [], len(prefix))
+                              if req.logprobs is not None else None),
+                    finish_reason=finish_reason(a.finish_reason),
+                    token_ids=a.token_ids if req.return_token_ids else None))
+        body = CompletionResponse(id=cid, created=now(), model=target.model_id, choices=choices,
+                                  usage=self.usage(prompt_tokens, completion_tokens))
+        return JSONResponse(body.model_dump(mode="json"), headers=headers)
 
-    async def _stream(self, cid, target, prompts, params, echo, include_usage,
+    async def _stream(self, cid: str, target: Target, prompts: list[tuple[str, list[int]]],
+                      params: list[GenParams], echo: bool, include_usage: bool,
                       ) -> AsyncIterator[str]:
-        base = {"id": cid, "object": "text_completion", "created": now(), "model": target.model_id}
+        created = now()
+
+        def chunk(choices: list[CompletionChoice], usage=None) -> str:
+            return sse(CompletionResponse(id=cid, created=created, model=target.model_id,
+                                          choices=choices, usage=usage))
+
         prompt_tokens = completion = 0
         try:
             for p, ((text, ids), gp) in enumerate(zip(prompts, params, strict=True)):
                 prompt_tokens += len(ids)
                 if echo:
                     for j in range(gp.n):
-                        yield sse({**base, "choices": [{"index": p * gp.n + j, "text": text,
-                                                        "logprobs": None, "finish_reason": None}]})
+                        yield chunk([CompletionChoice(index=p * gp.n + j, text=text)])
                 async for out in self.outputs(target, ids, gp, text):
                     for c in out.choices:
                         completion += len(c.token_ids)
                         if not c.text and not c.finish_reason:
                             continue
                         lps = _logprobs(c.logprobs or [], 0) if gp.logprobs is not None else None
-                        yield sse({**base, "choices": [{
-                            "index": p * gp.n + c.index, "text": c.text, "logprobs": lps,
-                            "finish_reason": finish_reason(c.finish_reason)}]})
+                        yield chunk([CompletionChoice(
+                            index=p * gp.n + c.index, text=c.text, logprobs=lps,
+                            finish_reason=finish_reason(c.finish_reason))])
             if include_usage:
-                yield sse({**base, "choices": [], "usage": self.usage(prompt_tokens, completion)})
+                yield chunk([], self.usage(prompt_tokens, completion))
         except Exception as exc:
             yield self.stream_error(exc)
         yield sse("[DONE]")

@@ -62,3 +62,33 @@ def tiny_llama_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[...
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tiny_llama_factory: Callable[..., Path]) -> Path:
+    """A random-init Llama of the embedded base's shape (no build, no vLLM): enough for the
+    registry's shape checks under the in-process app."""
+    return tiny_llama_factory()
+
+
+@pytest.fixture(scope="session")
+def tiny_loras(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    from inprocess import write_lora
+
+    root = tmp_path_factory.mktemp("tiny-loras")
+    return [write_lora(tiny_base, root / f"lora{i}", seed=i) for i in range(6)]
+
+
+@pytest.fixture
+def inprocess(tmp_path: Path, tiny_base: Path):
+    """`inprocess(**options)`: the real app over a FakeEngine and real SQLite (tests/inprocess.py);
+    use it with `fastapi.testclient.TestClient(parts.app)` to run its lifespan."""
+    from inprocess import build
+
+    count = [0]
+
+    def make(**options: object):
+        count[0] += 1
+        return build(tmp_path / f"home{count[0]}", tiny_base, **options)
+
+    return make

@@ -13,8 +13,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from training.data import Row
 from training.encoding import encode_row
 from training.evaluation import (
@@ -24,31 +22,22 @@ from training.evaluation import (
     load_evaluator,
     loss_and_perplexity,
 )
-from training.lora import (
-    LoraOptions,
-    QLoRAUnavailable,
-    TrainingConfigError,
-    build_lora_config,
-    check_servable,
-    load_base_for_training,
-)
+from training.lora import LoraOptions, TrainingConfigError
 from training.runs import (
     RunDir,
     TrainResult,
-    check_base,
+    check_start,
     elapsed,
-    library_versions,
     load_splits,
-    register_version,
+    register_run,
+    start_adapter,
 )
 from training.sft import LoopOptions, run_sft_loop
 from training.taskworld import TASKS, make_examples
 
 __all__ = [
     "SFTConfig",
-    "check_qlora",
     "evaluate_adapter",
-    "open_parent",
     "too_long_check",
     "train_sft",
 ]
@@ -82,20 +71,6 @@ class SFTConfig:
         d.pop("loop")
         d["loop"] = {k: v for k, v in asdict(self.loop).items() if k != "progress"}
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
-
-
-def check_qlora(opts: LoraOptions) -> None:
-    """Fail fast, before any data is read, when QLoRA cannot run here."""
-    if opts.qlora and not torch.cuda.is_available():
-        raise QLoRAUnavailable(
-            "QLoRA needs a CUDA GPU (bitsandbytes 4-bit nf4 kernels); none is available on this "
-            "machine. Train without --qlora (plain LoRA works on CPU).")
-
-
-def open_parent(registry, ref: str):
-    if registry is None:
-        raise TrainingConfigError(f"--from {ref}: continuing a version needs the registry")
-    return registry.get(ref)
 
 
 def too_long_check(tokenizer, max_length: int):
@@ -145,18 +120,14 @@ def train_sft(cfg: SFTConfig, registry=None, *, runs_dir: Path, output_dir: Path
               resume: bool = False, max_rank: int = 64) -> TrainResult:
     """Train, evaluate, register. Raises DataError / TrainingConfigError before training
     when the data or the options are unusable; registers nothing on any failure."""
-    from peft import PeftModel, get_peft_model
     from transformers import AutoTokenizer
 
     started = time.monotonic()
-    cfg.lora.check(max_rank)
-    check_qlora(cfg.lora)
     if not 0.0 <= cfg.replay_copy < 1.0:
         raise TrainingConfigError(f"--replay-copy {cfg.replay_copy}: must be in [0, 1)")
     if cfg.task is not None and cfg.task not in TASKS:
         raise TrainingConfigError(f"--task {cfg.task}: unknown; known: {', '.join(sorted(TASKS))}")
-    base_fingerprint = check_base(registry, cfg.base)
-    parent = open_parent(registry, cfg.parent) if cfg.parent else None
+    start = check_start(registry, cfg.lora, cfg.base, cfg.parent, max_rank=max_rank)
 
     tokenizer = AutoTokenizer.from_pretrained(str(cfg.base))
     splits = load_splits(cfg.data, "sft", val=cfg.val, test=cfg.test, seed=cfg.loop.seed,
@@ -174,13 +145,8 @@ def train_sft(cfg: SFTConfig, registry=None, *, runs_dir: Path, output_dir: Path
 
     config = {"method": "sft", **cfg.as_dict(), "task": task, "replayed_copy_rows": replayed}
     with RunDir(runs_dir / cfg.name, config, resume=resume) as run:
-        loaded = load_base_for_training(cfg.base, qlora=cfg.lora.qlora, device=cfg.device)
-        torch.manual_seed(cfg.loop.seed)  # the adapter's initial weights come from torch's generator
-        if parent is not None:
-            model = PeftModel.from_pretrained(loaded.model, str(parent.path), is_trainable=True)
-        else:
-            model = get_peft_model(loaded.model, build_lora_config(cfg.lora, loaded.model))
-        check_servable(model)
+        loaded, model = start_adapter(start, cfg.base, cfg.lora, device=cfg.device,
+                                      seed=cfg.loop.seed)
         loop = run_sft_loop(model, loaded.tokenizer, train_rows, splits.val, cfg.loop,
                             run_dir=run.path, device=loaded.device)
         metrics = {"method": "sft", "task": task}
@@ -192,12 +158,7 @@ def train_sft(cfg: SFTConfig, registry=None, *, runs_dir: Path, output_dir: Path
                         "steps": loop.steps, "best_step": loop.best_step,
                         "stopped_early": loop.stopped_early, "train_seconds": loop.seconds,
                         "resumed": run.resumed, "wall_seconds": elapsed(started)})
-        model.save_pretrained(str(run.adapter_dir), selected_adapters=["default"])
-        lineage = {"method": "sft", "parent": parent.ref if parent else None,
-                   "base_fingerprint": base_fingerprint,
-                   **splits.lineage(), "training_config": config,
-                   "libraries": library_versions(), "wall_seconds": metrics["wall_seconds"],
-                   "history": loop.history[-20:], "quantized_base": loaded.quantized}
-        return register_version(registry, run.adapter_dir, cfg.name, metrics=metrics,
-                                lineage=lineage, description=cfg.description, tags=cfg.tags,
-                                output_dir=output_dir)
+        return register_run(registry, run, model, name=cfg.name, method="sft", start=start,
+                            loaded=loaded, splits=splits, config=config, metrics=metrics,
+                            lineage={"history": loop.history[-20:]},
+                            description=cfg.description, tags=cfg.tags, output_dir=output_dir)

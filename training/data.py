@@ -6,7 +6,8 @@ checked, every problem names its file, line and rule, and what cleaning removes 
 counted in a report that is stored with the version.
 
 Formats (one JSON object per line):
-- SFT: chat `messages` (list of {role, content}, last turn from the assistant),
+- SFT: chat `messages` (list of {role, content}, last turn from the assistant; roles and
+  content as the server accepts them, common/chat.py),
   `prompt` + `completion` (strings, or trl's conversational lists), or plain `text`.
 - DPO: `prompt` + `chosen` + `rejected` (strings or conversational lists).
 - KTO: `prompt` + `completion` + `label` (bool).
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.chat import ChatRowError, parse_turn
+
 __all__ = [
     "DataError",
     "Dataset",
@@ -36,7 +39,6 @@ __all__ = [
     "split_rows",
 ]
 
-ROLES = ("system", "user", "assistant")
 KINDS = ("sft", "dpo", "kto")
 MIN_ROWS = 10
 # Above this many rows the split is 80/10/10 instead of 70/15/15.
@@ -136,7 +138,9 @@ class _RowError(Exception):
 
 
 def _messages(value: Any, what: str, *, need_last_assistant: bool) -> list[dict[str, str]]:
-    """Validate a list of turns; a prompt string becomes one user turn, as in trl."""
+    """Validate a list of turns against the serving schema (common.chat): what the server
+    accepts is trainable, as the template will see it (`developer` becomes `system`, text
+    parts are joined). A prompt string becomes one user turn, as in trl."""
     if isinstance(value, str) and not need_last_assistant:
         return [{"role": "user", "content": value}]
     if not isinstance(value, list) or not value:
@@ -144,15 +148,10 @@ def _messages(value: Any, what: str, *, need_last_assistant: bool) -> list[dict[
         raise _RowError("malformed-turns", f"`{what}` must be {kinds}")
     out = []
     for i, turn in enumerate(value):
-        if not isinstance(turn, dict):
-            raise _RowError("malformed-turns", f"`{what}[{i}]` is not an object")
-        role, content = turn.get("role"), turn.get("content")
-        if role not in ROLES:
-            raise _RowError("malformed-turns",
-                            f"`{what}[{i}].role` is {role!r}; expected one of {', '.join(ROLES)}")
-        if not isinstance(content, str):
-            raise _RowError("malformed-turns", f"`{what}[{i}].content` must be a string")
-        out.append({"role": role, "content": content})
+        try:
+            out.append(parse_turn(turn, f"{what}[{i}]"))
+        except ChatRowError as exc:
+            raise _RowError("malformed-turns", str(exc)) from None
     if need_last_assistant:
         if out[-1]["role"] != "assistant":
             raise _RowError("malformed-turns", f"the last turn of `{what}` must be from the assistant")

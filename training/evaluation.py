@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from training.data import Row
-from training.encoding import IGNORE, collate, encode_row, render_prompt
+from training.encoding import IGNORE, collate, encode_row
+from training.hf_generate import greedy_reply_ids
 from training.taskworld import TASKS, Example, evaluate, make_examples
 
 __all__ = [
@@ -102,27 +103,13 @@ def loss_and_perplexity(model, tokenizer, rows: Sequence[Row], batch_size: int =
             "tokens": count}
 
 
-@torch.inference_mode()
 def generate_replies(model, tokenizer, prompts: Sequence[Sequence[dict[str, str]]],
                      max_new_tokens: int, batch_size: int = 64, device: str = "cpu") -> list[str]:
-    """Greedy replies to conversations (left padding, stop at EOS), like HFChatModel."""
+    """Greedy replies to conversations, decoded: the same generation as HFChatModel."""
     model.eval()
-    tokenizer.padding_side = "left"
-    out: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = [render_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id)
-        for row in gen[:, enc["input_ids"].shape[1]:].tolist():
-            ids = []
-            for t in row:
-                if t in (tokenizer.eos_token_id, tokenizer.pad_token_id):
-                    break
-                ids.append(t)
-            out.append(tokenizer.decode(ids, skip_special_tokens=True))
-    return out
+    return [tokenizer.decode(ids, skip_special_tokens=True)
+            for ids in greedy_reply_ids(model, tokenizer, prompts, max_new_tokens, batch_size,
+                                        device)]
 
 
 def _budget(tokenizer, answers: Sequence[str]) -> int:

@@ -11,7 +11,41 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["HFChatModel"]
+from training.encoding import render_prompt
+
+__all__ = ["HFChatModel", "greedy_reply_ids"]
+
+
+@torch.inference_mode()
+def greedy_reply_ids(model, tokenizer, conversations: Sequence[Sequence[dict[str, str]]],
+                     max_new_tokens: int, batch_size: int = 64, device: str = "cpu"
+                     ) -> list[list[int]]:
+    """Greedy token ids of each conversation's reply, without the prompt, EOS or padding.
+
+    Prompts are left-padded so every row's reply starts at the same column.
+    """
+    tokenizer.padding_side = "left"
+    stop = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    out: list[list[int]] = []
+    for start in range(0, len(conversations), batch_size):
+        chunk = [render_prompt(tokenizer, c) for c in conversations[start : start + batch_size]]
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = enc.to(device)
+        gen = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        for row in gen[:, enc["input_ids"].shape[1] :].tolist():
+            ids = []
+            for t in row:
+                if t in stop:
+                    break
+                ids.append(t)
+            out.append(ids)
+    return out
 
 
 class HFChatModel:
@@ -35,35 +69,15 @@ class HFChatModel:
         return cls(model, tokenizer)
 
     def render(self, prompt: str) -> str:
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
+        return render_prompt(self.tokenizer, [{"role": "user", "content": prompt}])
 
-    @torch.inference_mode()
     def generate_ids(
         self, prompts: Sequence[str], max_new_tokens: int = 96, batch_size: int = 64
     ) -> list[list[int]]:
-        """Greedy token ids of each reply, without the prompt and without EOS or padding."""
-        tok = self.tokenizer
-        out: list[list[int]] = []
-        for start in range(0, len(prompts), batch_size):
-            chunk = [self.render(p) for p in prompts[start : start + batch_size]]
-            enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
-            gen = self.model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
-            )
-            for row in gen[:, enc["input_ids"].shape[1] :].tolist():
-                ids = []
-                for t in row:
-                    if t in (tok.eos_token_id, tok.pad_token_id):
-                        break
-                    ids.append(t)
-                out.append(ids)
-        return out
+        """Greedy token ids of each reply to a one-turn user prompt."""
+        conversations = [[{"role": "user", "content": p}] for p in prompts]
+        return greedy_reply_ids(self.model, self.tokenizer, conversations, max_new_tokens,
+                                batch_size)
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 96) -> list[str]:
         return [

@@ -17,6 +17,7 @@ __all__ = [
     "TrainingConfigError",
     "VLLM_RANKS",
     "build_lora_config",
+    "check_qlora",
     "check_servable",
     "linear_module_names",
     "load_base_for_training",
@@ -70,6 +71,16 @@ class LoraOptions:
                 "output head; target the blocks' linear layers (default: all-linear)")
         if "all-linear" in self.targets and len(self.targets) > 1:
             raise TrainingConfigError("--targets: `all-linear` cannot be combined with module names")
+
+
+def check_qlora(opts: LoraOptions) -> None:
+    """Fail fast, before any data is read, when QLoRA cannot run here."""
+    import torch
+
+    if opts.qlora and not torch.cuda.is_available():
+        raise QLoRAUnavailable(
+            "QLoRA needs a CUDA GPU (bitsandbytes 4-bit nf4 kernels); none is available on this "
+            "machine. Train without --qlora (plain LoRA works on CPU).")
 
 
 def linear_module_names(model) -> list[str]:
@@ -146,10 +157,7 @@ def load_base_for_training(base_dir, *, qlora: bool = False, device: str = "auto
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if qlora:
-        if not torch.cuda.is_available():
-            raise QLoRAUnavailable(
-                "QLoRA needs a CUDA GPU (bitsandbytes 4-bit nf4 kernels); none is available on "
-                "this machine. Train without --qlora (plain LoRA works on CPU).")
+        check_qlora(LoraOptions(qlora=True))
         try:
             import bitsandbytes  # noqa: F401
         except ImportError:

@@ -15,27 +15,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from training.api import check_qlora, evaluate_adapter, open_parent, too_long_check
+from training import runs
+from training.api import evaluate_adapter, too_long_check
 from training.data import Row
 from training.evaluation import detect_task, exact_match, preference_accuracy
-from training.lora import (
-    LoraOptions,
-    TrainingConfigError,
-    build_lora_config,
-    check_servable,
-    load_base_for_training,
-)
-from training.runs import (
-    RunDir,
-    TrainResult,
-    check_base,
-    elapsed,
-    library_versions,
-    load_splits,
-    register_version,
-)
+from training.lora import LoraOptions, TrainingConfigError
 
 __all__ = ["PreferenceConfig", "train_preference"]
 
@@ -56,6 +40,7 @@ class PreferenceConfig:
     epochs: int = 1
     batch_size: int = 16
     beta: float = 0.1
+    """How far the policy may move from the reference (TRL's DPO/KTO beta)."""
     max_length: int = 512
     seed: int = 0
     task: str | None = None
@@ -91,25 +76,21 @@ def _trl_metrics(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def train_preference(cfg: PreferenceConfig, registry=None, *, runs_dir: Path,
-                     output_dir: Path | None = None, max_rank: int = 64) -> TrainResult:
+                     output_dir: Path | None = None, max_rank: int = 64) -> runs.TrainResult:
     """DPO (`prompt`/`chosen`/`rejected`) or KTO (`prompt`/`completion`/`label`) into a version."""
     from datasets import Dataset as HFDataset
-    from peft import PeftModel, get_peft_model
     from transformers import AutoTokenizer
 
     if cfg.method not in METHODS:
         raise TrainingConfigError(f"method {cfg.method!r}: use one of {', '.join(METHODS)}")
     started = time.monotonic()
-    cfg.lora.check(max_rank)
-    check_qlora(cfg.lora)
     if cfg.method == "kto" and cfg.batch_size < 2:
         raise TrainingConfigError("--batch-size: KTO needs at least 2 (its KL term mixes a batch)")
-    base_fingerprint = check_base(registry, cfg.base)
-    parent = open_parent(registry, cfg.parent) if cfg.parent else None
+    start = runs.check_start(registry, cfg.lora, cfg.base, cfg.parent, max_rank=max_rank)
 
     tokenizer = AutoTokenizer.from_pretrained(str(cfg.base))
-    splits = load_splits(cfg.data, cfg.method, val=cfg.val, test=cfg.test, seed=cfg.seed,
-                         strict=cfg.strict, too_long=_too_long(tokenizer, cfg.max_length))
+    splits = runs.load_splits(cfg.data, cfg.method, val=cfg.val, test=cfg.test, seed=cfg.seed,
+                              strict=cfg.strict, too_long=_too_long(tokenizer, cfg.max_length))
     if cfg.method == "kto":
         labels = {r.data["label"] for r in splits.train}
         if labels != {True, False}:
@@ -119,14 +100,9 @@ def train_preference(cfg: PreferenceConfig, registry=None, *, runs_dir: Path,
     task = cfg.task or detect_task(splits.train + splits.val + splits.test)
     config = {**cfg.as_dict(), "task": task}
 
-    with RunDir(runs_dir / cfg.name, config) as run:
-        loaded = load_base_for_training(cfg.base, qlora=cfg.lora.qlora, device=cfg.device)
-        torch.manual_seed(cfg.seed)  # the adapter's initial weights come from torch's generator
-        if parent is not None:
-            model = PeftModel.from_pretrained(loaded.model, str(parent.path), is_trainable=True)
-        else:
-            model = get_peft_model(loaded.model, build_lora_config(cfg.lora, loaded.model))
-        check_servable(model)
+    with runs.RunDir(runs_dir / cfg.name, config) as run:
+        loaded, model = runs.start_adapter(start, cfg.base, cfg.lora, device=cfg.device,
+                                           seed=cfg.seed)
         tok, device = loaded.tokenizer, loaded.device
 
         before: dict[str, Any] = {}
@@ -151,7 +127,7 @@ def train_preference(cfg: PreferenceConfig, registry=None, *, runs_dir: Path,
         metrics.update(evaluate_adapter(
             model, tok, splits, task=task, evaluator=cfg.evaluator, general=None, device=device,
             eval_limit=cfg.eval_limit, copy_eval=cfg.copy_eval, seed=cfg.seed, compare="none"))
-        start_label = "parent" if parent else "base"
+        start_label = "parent" if start.parent else "base"
         if "exact_match" in before:
             metrics[f"{start_label}_exact_match"] = before["exact_match"]
         if cfg.method == "dpo":
@@ -167,17 +143,12 @@ def train_preference(cfg: PreferenceConfig, registry=None, *, runs_dir: Path,
         losses = [h["train_loss"] for h in trainer.state.log_history if "train_loss" in h]
         metrics["train_loss"] = round(float(losses[-1]), 6) if losses else None
         metrics["steps"] = trainer.state.global_step
-        metrics["wall_seconds"] = elapsed(started)
+        metrics["wall_seconds"] = runs.elapsed(started)
 
-        model.save_pretrained(str(run.adapter_dir), selected_adapters=["default"])
-        lineage = {"method": cfg.method, "parent": parent.ref if parent else None,
-                   "base_fingerprint": base_fingerprint,
-                   **splits.lineage(), "training_config": config,
-                   "libraries": library_versions(), "wall_seconds": metrics["wall_seconds"],
-                   "quantized_base": loaded.quantized}
-        return register_version(registry, run.adapter_dir, cfg.name, metrics=metrics,
-                                lineage=lineage, description=cfg.description, tags=cfg.tags,
-                                output_dir=output_dir)
+        return runs.register_run(registry, run, model, name=cfg.name, method=cfg.method,
+                                 start=start, loaded=loaded, splits=splits, config=config,
+                                 metrics=metrics, description=cfg.description, tags=cfg.tags,
+                                 output_dir=output_dir)
 
 
 def _trainer(cfg: PreferenceConfig, model, tokenizer, run_path: Path, hf_dataset, splits,

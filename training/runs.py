@@ -1,4 +1,5 @@
-"""What every training method shares: data sets and splits, the run directory, lineage,
+"""What every training method shares: the checks before any data is read, data sets and
+splits, the run directory, the starting adapter (new, or continuing a version), lineage,
 and registering the result only once training and evaluation both finished.
 
 Why a run directory: a checkpoint must survive an interrupted run (so it can be
@@ -19,17 +20,66 @@ from pathlib import Path
 from typing import Any
 
 from training.data import DataError, Dataset, Problem, Row, fingerprint, load_dataset, split_rows
-from training.lora import TrainingConfigError
+from training.lora import (
+    LoadedBase,
+    LoraOptions,
+    TrainingConfigError,
+    build_lora_config,
+    check_qlora,
+    check_servable,
+    load_base_for_training,
+)
 
 __all__ = [
     "RunDir",
     "Splits",
+    "Start",
     "TrainResult",
     "check_base",
+    "check_start",
     "library_versions",
     "load_splits",
+    "register_run",
     "register_version",
+    "start_adapter",
 ]
+
+
+@dataclass(frozen=True)
+class Start:
+    """What a run starts from, checked before any data is read or a model loaded."""
+
+    base_fingerprint: str | None
+    parent: Any = None  # the registry's version to continue; None: a new adapter on the base
+
+
+def check_start(registry, lora: LoraOptions, base: Path, parent: str | None, *,
+                max_rank: int) -> Start:
+    """Refuse unservable options, a base the registry does not serve, an unknown parent."""
+    lora.check(max_rank)
+    check_qlora(lora)
+    base_fingerprint = check_base(registry, base)
+    if parent is None:
+        return Start(base_fingerprint)
+    if registry is None:
+        raise TrainingConfigError(f"--from {parent}: continuing a version needs the registry")
+    return Start(base_fingerprint, registry.get(parent))
+
+
+def start_adapter(start: Start, base: Path, lora: LoraOptions, *, device: str, seed: int
+                  ) -> tuple[LoadedBase, Any]:
+    """The base with a trainable adapter: the parent's weights, or a new LoRA seeded by `seed`."""
+    import torch
+    from peft import PeftModel, get_peft_model
+
+    loaded = load_base_for_training(base, qlora=lora.qlora, device=device)
+    torch.manual_seed(seed)  # the adapter's initial weights come from torch's generator
+    if start.parent is not None:
+        model = PeftModel.from_pretrained(loaded.model, str(start.parent.path), is_trainable=True)
+    else:
+        model = get_peft_model(loaded.model, build_lora_config(lora, loaded.model))
+    check_servable(model)
+    return loaded, model
 
 
 @dataclass
@@ -178,6 +228,22 @@ def register_version(registry, adapter_dir: Path, name: str, *, metrics: dict, l
     version = registry.add(adapter_dir, name, description=description, tags=list(tags),
                            metrics=metrics, lineage=lineage, source_kind="trained")
     return TrainResult(name, version.ref, metrics, lineage, Path(version.path), version)
+
+
+def register_run(registry, run: RunDir, model, *, name: str, method: str, start: Start,
+                 loaded: LoadedBase, splits: Splits, config: dict, metrics: dict,
+                 lineage: dict | None = None, description: str = "", tags: tuple[str, ...] = (),
+                 output_dir: Path | None = None) -> TrainResult:
+    """Save the trained adapter and register it with the lineage every method records
+    (`lineage` adds the method's own entries)."""
+    model.save_pretrained(str(run.adapter_dir), selected_adapters=["default"])
+    recorded = {"method": method, "parent": start.parent.ref if start.parent else None,
+                "base_fingerprint": start.base_fingerprint,
+                **splits.lineage(), "training_config": config,
+                "libraries": library_versions(), "wall_seconds": metrics["wall_seconds"],
+                **(lineage or {}), "quantized_base": loaded.quantized}
+    return register_version(registry, run.adapter_dir, name, metrics=metrics, lineage=recorded,
+                            description=description, tags=tags, output_dir=output_dir)
 
 
 def elapsed(started: float) -> float:

@@ -22,6 +22,7 @@ import torch
 from training.data import Row
 from training.encoding import collate, encode_row
 from training.evaluation import loss_and_perplexity
+from training.schedule import warmup_cosine
 
 __all__ = ["LoopOptions", "LoopResult", "lora_state", "run_sft_loop"]
 
@@ -34,6 +35,7 @@ class LoopOptions:
     epochs: int = 4
     batch_size: int = 32
     warmup_ratio: float = 0.05
+    """Share of the steps spent warming the learning rate up (then cosine decay)."""
     weight_decay: float = 0.0
     seed: int = 0
     # Evaluate validation loss every this many steps (0: about 4 times per epoch).
@@ -64,13 +66,6 @@ def _load_state(model, state: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for k, v in state.items():
             params[k].copy_(v)
-
-
-def _lr_at(step: int, total: int, warmup: int, lr: float) -> float:
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def run_sft_loop(model, tokenizer, train: Sequence[Row], val: Sequence[Row], opts: LoopOptions,
@@ -120,7 +115,7 @@ def run_sft_loop(model, tokenizer, train: Sequence[Row], val: Sequence[Row], opt
         picks = cached_order[pos * opts.batch_size : (pos + 1) * opts.batch_size]
         ids, labels, mask = collate([encoded[i] for i in picks], tokenizer.pad_token_id)
         for group in optim.param_groups:
-            group["lr"] = _lr_at(step, total, warmup, opts.lr)
+            group["lr"] = warmup_cosine(step, total, warmup, opts.lr)
         loss = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                      labels=labels.to(device)).loss
         optim.zero_grad(set_to_none=True)

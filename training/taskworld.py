@@ -11,11 +11,12 @@ a test text can never appear in any training file, whatever the seed or size.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from common import jsonl
 
 __all__ = [
     "Example",
@@ -151,14 +152,8 @@ def make_examples(
 
 
 def write_jsonl(examples: Iterable[Example], path: Path) -> int:
-    """Write chat `messages` rows, the format `loraswap train sft` reads."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    with path.open("w", encoding="utf-8") as fh:
-        for ex in examples:
-            fh.write(json.dumps({"messages": ex.messages()}, ensure_ascii=False) + "\n")
-            count += 1
-    return count
+    """Write chat `messages` rows, the format `loraswap train sft` reads; the row count."""
+    return jsonl.write_jsonl(({"messages": ex.messages()} for ex in examples), path)
 
 
 @dataclass

@@ -12,24 +12,19 @@ import click
 
 from loraswap import __version__
 from loraswap.cli.common import pass_settings
-from loraswap.settings import Settings, SettingsError
+from loraswap.cli.options import setting_options
+from loraswap.settings import GLOBAL, Settings, SettingsError, reference_markdown
 
 __all__ = ["cli", "main"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--home",
-    type=click.Path(path_type=str),
-    default=None,
-    help="Data directory (registry database, adapter store, base model). "
-    "Default: $LORASWAP_HOME or ~/.local/share/loraswap.",
-)
+@setting_options(GLOBAL)
 @click.version_option(__version__, prog_name="loraswap")
 @click.pass_context
-def cli(ctx: click.Context, home: str | None) -> None:
+def cli(ctx: click.Context, **flags: object) -> None:
     """loraswap: one base model, many LoRA adapters hot-swapped per request."""
-    ctx.obj = Settings.from_env(home=home)
+    ctx.obj = Settings.from_env(**flags)
 
 
 @cli.command()
@@ -46,10 +41,12 @@ def version() -> None:
 
 
 @cli.command("config")
+@click.option("--markdown", is_flag=True,
+              help="Print the reference table of every setting (docs/configuration.md) instead.")
 @pass_settings
-def show_config(settings: Settings) -> None:
+def show_config(settings: Settings, markdown: bool) -> None:
     """Print the settings in force (environment and flags applied)."""
-    click.echo(settings.describe())
+    click.echo(reference_markdown() if markdown else settings.describe(), nl=not markdown)
 
 
 def _register_commands() -> None:

@@ -2,45 +2,23 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import click
 
-from adapters import AdapterVersion, Registry, RegistryError
-from loraswap.cli.common import fail, pass_settings, print_json, print_table
+from adapters import AdapterVersion, RegistryError
+from loraswap.cli.common import exit_on, pass_settings, print_json, print_table
 from loraswap.settings import Settings
+from loraswap.wiring import open_registry, open_router
 
 __all__ = ["command"]
 
 
-@contextmanager
-def _registry(settings: Settings) -> Iterator[Registry]:
-    settings.ensure_home()
-    reg = Registry(
-        settings.db_path, settings.store_dir, settings.base_model_dir,
-        max_rank=settings.max_lora_rank,
-    )
-    try:
-        yield reg
-    finally:
-        reg.close()
+def _known(exc: BaseException) -> tuple[str, int] | None:
+    return (str(exc), 1) if isinstance(exc, RegistryError) else None
 
 
-def _errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Every registry refusal becomes one `error: ...` line and exit status 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except RegistryError as exc:
-            fail(str(exc))
-
-    return wrapper
+_errors = exit_on(_known)  # every registry refusal: one `error: ...` line and exit status 1
 
 
 def _size(n: int) -> str:
@@ -92,7 +70,7 @@ def command() -> None:
 def add(settings: Settings, path: Path, name: str, description: str, tags: tuple[str, ...],
         force_base: bool, as_json: bool) -> None:
     """Validate a peft LoRA folder (or a .tar.gz/.zip of one) and register it as NAME's next version."""
-    with _registry(settings) as reg:
+    with open_registry(settings) as reg:
         v = reg.add(path, name, description=description, tags=tags, force_base=force_base)
     if as_json:
         print_json(v.as_dict())
@@ -108,7 +86,7 @@ def add(settings: Settings, path: Path, name: str, description: str, tags: tuple
 @_errors
 def list_(settings: Settings, include_archived: bool, as_json: bool) -> None:
     """List registered versions (active ones unless --all)."""
-    with _registry(settings) as reg:
+    with open_registry(settings) as reg:
         versions = reg.list(include_archived=include_archived)
     if as_json:
         print_json([v.as_dict() for v in versions])
@@ -127,7 +105,7 @@ def list_(settings: Settings, include_archived: bool, as_json: bool) -> None:
 @_errors
 def show(settings: Settings, ref: str, as_json: bool) -> None:
     """Show one version (REF is NAME@VERSION, or NAME for its latest active version)."""
-    with _registry(settings) as reg:
+    with open_registry(settings) as reg:
         v = reg.get(ref)
     if as_json:
         print_json(v.as_dict())
@@ -141,7 +119,7 @@ def show(settings: Settings, ref: str, as_json: bool) -> None:
 @_errors
 def archive(settings: Settings, ref: str) -> None:
     """Stop serving a version but keep it (and its history)."""
-    with _registry(settings) as reg:
+    with open_registry(settings) as reg:
         v = reg.archive(ref)
     click.echo(f"archived {v.ref}")
 
@@ -152,10 +130,8 @@ def archive(settings: Settings, ref: str) -> None:
 @_errors
 def delete(settings: Settings, ref: str) -> None:
     """Delete a version's files (refused while a running or paused experiment uses it)."""
-    from router import Router
-
-    with _registry(settings) as reg:
-        router = Router(settings.db_path, reg)  # installs the experiments' delete guard
+    with open_registry(settings) as reg:
+        router = open_router(settings, reg)  # installs the experiments' delete guard
         try:
             v = reg.resolve(ref)
             reg.delete(v.ref)
@@ -171,7 +147,7 @@ def delete(settings: Settings, ref: str) -> None:
 @_errors
 def verify(settings: Settings, ref: str | None, as_json: bool) -> None:
     """Re-hash every stored file (or one version's); exit 1 if any differs or is missing."""
-    with _registry(settings) as reg:
+    with open_registry(settings) as reg:
         checked = [reg.resolve(ref)] if ref else reg.list(include_archived=True)
         problems = reg.verify(ref)
     if as_json:

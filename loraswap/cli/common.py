@@ -1,17 +1,21 @@
-"""Helpers every command module shares: the settings from the context, error exits."""
+"""Helpers every command module shares: the settings from the context, error exits, the
+router as a context manager."""
 
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import click
 
 from loraswap.settings import Settings, SettingsError
 
-__all__ = ["fail", "pass_settings", "print_json", "print_table"]
+__all__ = ["exit_on", "fail", "pass_settings", "print_json", "print_table", "router_session"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -35,6 +39,44 @@ def pass_settings(func: Callable[..., Any]) -> Callable[..., Any]:
             fail(str(exc), code=2)
 
     return wrapper
+
+
+def exit_on(known: Callable[[BaseException], tuple[str, int] | None]) -> Callable[[F], F]:
+    """Decorate a command so each failure `known` recognises is one `error:` line and the exit
+    status it names; anything else (a bug) keeps its traceback."""
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return func(*args, **kwargs)
+            except (Exception, KeyboardInterrupt) as exc:
+                verdict = known(exc)
+                if verdict is None:
+                    raise
+                fail(*verdict)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+@contextmanager
+def router_session(settings: Settings, *, with_registry: bool = True) -> Iterator[Any]:
+    """The router on the settings' database, closed after use; with the registry (to check
+    and pin refs) unless the command only reads experiments."""
+    from loraswap.wiring import open_registry, open_router
+
+    registry = open_registry(settings) if with_registry else None
+    try:
+        router = open_router(settings, registry)
+        try:
+            yield router
+        finally:
+            router.close()
+    finally:
+        if registry is not None:
+            registry.close()
 
 
 def print_json(data: Any) -> None:

@@ -2,53 +2,23 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import click
 
-from loraswap.cli.common import fail, pass_settings, print_json, print_table
+from loraswap.cli.common import exit_on, pass_settings, print_json, print_table, router_session
 from loraswap.settings import Settings
 
-__all__ = ["command", "open_router"]
+__all__ = ["command"]
 
 
-@contextmanager
-def open_router(settings: Settings, *, with_registry: bool = True) -> Iterator[Any]:
-    """A Router on the settings' database, with the registry to check and pin refs."""
-    from router import Router
+def _known(exc: BaseException) -> tuple[str, int] | None:
+    from router import RouterError
 
-    settings.ensure_home()
-    registry = None
-    if with_registry:
-        from adapters import Registry
-
-        registry = Registry(settings.db_path, settings.store_dir, settings.base_model_dir,
-                            max_rank=settings.max_lora_rank)
-    base_id = settings.base_model_name or (
-        "loraswap-base" if settings.uses_embedded_base else settings.base_model_dir.name)
-    router = Router(settings.db_path, registry, base_id=base_id)
-    try:
-        yield router
-    finally:
-        router.close()
-        if registry is not None:
-            registry.close()
+    return (exc.message, 1) if isinstance(exc, RouterError) else None
 
 
-def _errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from router import RouterError
-
-        try:
-            return func(*args, **kwargs)
-        except RouterError as exc:
-            fail(exc.message)
-
-    return wrapper
+_errors = exit_on(_known)
 
 
 def _parse_variant(text: str) -> tuple[str, int]:
@@ -115,7 +85,7 @@ def create(settings: Settings, alias: str, variants: tuple[str, ...], name: str 
            labels: tuple[str, ...], description: str, salt: str | None, start_now: bool,
            as_json: bool) -> None:
     """Create an experiment on ALIAS (a draft until started)."""
-    with open_router(settings) as router:
+    with router_session(settings) as router:
         exp = router.create(
             alias=alias, variants=_variants(variants), name=name, control=control,
             metric=metric, retention=retention, score_min=score_range[0],
@@ -131,7 +101,7 @@ def _transition(action: str) -> None:
     @pass_settings
     @_errors
     def run(settings: Settings, name: str) -> None:
-        with open_router(settings) as router:
+        with router_session(settings) as router:
             exp = getattr(router, action)(name)
         click.echo(f"{exp.name}: {exp.status}")
 
@@ -157,7 +127,7 @@ def weights(settings: Settings, name: str, variants: tuple[str, ...]) -> None:
     Units whose bucket now falls in another variant's range switch to it; all
     others keep their variant.
     """
-    with open_router(settings) as router:
+    with router_session(settings) as router:
         _show(router.set_weights(name, _variants(variants)))
 
 
@@ -167,7 +137,7 @@ def weights(settings: Settings, name: str, variants: tuple[str, ...]) -> None:
 @_errors
 def list_(settings: Settings, as_json: bool) -> None:
     """List experiments."""
-    with open_router(settings, with_registry=False) as router:
+    with router_session(settings, with_registry=False) as router:
         exps = router.list()
     if as_json:
         print_json([e.as_dict() for e in exps])
@@ -184,7 +154,7 @@ def list_(settings: Settings, as_json: bool) -> None:
 @_errors
 def show(settings: Settings, name: str, as_json: bool) -> None:
     """Show one experiment."""
-    with open_router(settings, with_registry=False) as router:
+    with router_session(settings, with_registry=False) as router:
         exp = router.get(name)
     print_json(exp.as_dict()) if as_json else _show(exp)
 
@@ -195,7 +165,7 @@ def show(settings: Settings, name: str, as_json: bool) -> None:
 @_errors
 def delete(settings: Settings, name: str) -> None:
     """Delete an experiment that never served a request."""
-    with open_router(settings, with_registry=False) as router:
+    with router_session(settings, with_registry=False) as router:
         router.delete(name)
     click.echo(f"deleted {name}")
 
@@ -217,7 +187,7 @@ def _num(x: float | None, fmt: str = ".3g") -> str:
 @_errors
 def results(settings: Settings, name: str, as_json: bool, html_out: str | None) -> None:
     """Per-variant results of NAME: rates, intervals, lift, p-value, SRM check."""
-    with open_router(settings, with_registry=False) as router:
+    with router_session(settings, with_registry=False) as router:
         data = router.results(name)
     if html_out:
         from pathlib import Path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from loraswap.cli.common import fail, pass_settings
+from loraswap.cli.common import fail, pass_settings, router_session
 from loraswap.settings import Settings
 
 __all__ = ["command"]
@@ -30,14 +30,13 @@ def export(settings: Settings, experiment: str | None, adapter: str | None, fmt:
     """
     from pathlib import Path
 
-    from loraswap.cli.experiments import open_router
+    from common.jsonl import write_jsonl
     from router import RouterError
-    from router.export import write_jsonl
 
     if experiment and adapter:
         fail("give --experiment or --adapter, not both", code=2)
     try:
-        with open_router(settings, with_registry=False) as router:
+        with router_session(settings, with_registry=False) as router:
             result = router.export(fmt, experiment=experiment, adapter=adapter)
     except RouterError as exc:
         fail(exc.message)

@@ -6,15 +6,9 @@ import click
 
 from loraswap.cli.common import fail, pass_settings, print_json, print_table
 from loraswap.settings import Settings
+from loraswap.wiring import open_keys
 
 __all__ = ["command"]
-
-
-def _store(settings: Settings):
-    from server.auth import KeyStore
-
-    settings.ensure_home()
-    return KeyStore(settings.db_path)
 
 
 @click.group("keys")
@@ -30,7 +24,7 @@ def command() -> None:
 @pass_settings
 def create(settings: Settings, name: str, scope: str, as_json: bool) -> None:
     """Create a key and print it (once: only its hash is stored)."""
-    row, token = _store(settings).create(name, scope)
+    row, token = open_keys(settings).create(name, scope)
     if as_json:
         print_json({**row, "key": token})
     else:
@@ -45,7 +39,7 @@ def create(settings: Settings, name: str, scope: str, as_json: bool) -> None:
 @pass_settings
 def list_keys(settings: Settings, include_revoked: bool, as_json: bool) -> None:
     """List keys (id, name, prefix, scope); never the keys themselves."""
-    rows = _store(settings).list(include_revoked=include_revoked)
+    rows = open_keys(settings).list(include_revoked=include_revoked)
     if as_json:
         print_json(rows)
     else:
@@ -59,7 +53,7 @@ def list_keys(settings: Settings, include_revoked: bool, as_json: bool) -> None:
 @pass_settings
 def revoke(settings: Settings, key: str) -> None:
     """Revoke a key by id, name or prefix."""
-    n = _store(settings).revoke(key)
+    n = open_keys(settings).revoke(key)
     if not n:
         fail(f"no active key matches {key!r}")
     click.echo(f"revoked {n} key(s)", err=True)

@@ -8,15 +8,15 @@ evaluation both finished.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from loraswap.cli.common import fail, pass_settings, print_json
+from loraswap.cli.common import exit_on, fail, pass_settings, print_json
 from loraswap.settings import Settings
+from loraswap.wiring import open_registry
 
 __all__ = ["command"]
 
@@ -30,28 +30,23 @@ def _base_dir(settings: Settings, base: str) -> Path:
     return settings.base_model_dir if base == "default" else Path(base).expanduser()
 
 
-def _errors(func: Callable[..., Any]) -> Callable[..., Any]:
+def _known(exc: BaseException) -> tuple[str, int] | None:
     """Each known failure is one `error:` paragraph and a distinct exit status."""
+    from adapters import RegistryError
+    from training.data import DataError
+    from training.lora import TrainingConfigError
 
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from adapters import RegistryError
-        from training.data import DataError
-        from training.lora import TrainingConfigError
+    if isinstance(exc, DataError | RegistryError):
+        return f"{exc}\nnothing was registered", 1
+    if isinstance(exc, TrainingConfigError):
+        return str(exc), 2
+    if isinstance(exc, KeyboardInterrupt):
+        return ("interrupted: nothing was registered; the last checkpoint is kept "
+                "(run the same command with --resume to continue)", 130)
+    return None
 
-        try:
-            return func(*args, **kwargs)
-        except DataError as exc:
-            fail(f"{exc}\nnothing was registered")
-        except TrainingConfigError as exc:
-            fail(str(exc), code=2)
-        except RegistryError as exc:
-            fail(f"{exc}\nnothing was registered")
-        except KeyboardInterrupt:
-            fail("interrupted: nothing was registered; the last checkpoint is kept "
-                 "(run the same command with --resume to continue)", code=130)
 
-    return wrapper
+_errors = exit_on(_known)
 
 
 def _lora_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -97,14 +92,6 @@ def _common_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         f = option(f)
     return f
-
-
-def _registry(settings: Settings):
-    from adapters import Registry
-
-    settings.ensure_home()
-    return Registry(settings.db_path, settings.store_dir, settings.base_model_dir,
-                    max_rank=settings.max_lora_rank)
 
 
 def _lora(rank, alpha, dropout, targets, rslora, qlora):
@@ -169,7 +156,8 @@ def sft(settings: Settings, base, data, val, test, max_length, seed, task, evalu
         targets, rslora, qlora, lr, epochs, batch_size, warmup_ratio, eval_every, patience,
         replay_copy, general, resume) -> None:
     """Supervised fine-tuning on chat `messages`, `prompt`/`completion` or `text` rows."""
-    from training.api import SFTConfig, check_qlora, train_sft
+    from training.api import SFTConfig, train_sft
+    from training.lora import check_qlora
     from training.sft import LoopOptions
 
     lora = _lora(rank, alpha, dropout, targets, rslora, qlora)
@@ -183,7 +171,7 @@ def sft(settings: Settings, base, data, val, test, max_length, seed, task, evalu
         max_length=max_length, replay_copy=replay_copy, task=task, evaluator=evaluator,
         general=general, strict=not drop_invalid, parent=parent, description=description,
         tags=tuple(tags))
-    with _registry(settings) as reg:
+    with open_registry(settings) as reg:
         result = train_sft(cfg, reg, runs_dir=settings.home / "runs", resume=resume,
                            max_rank=settings.max_lora_rank)
     _report(result, as_json)
@@ -206,7 +194,7 @@ def _preference(method: str):
     def run(settings: Settings, base, data, val, test, max_length, seed, task, evaluator,
             drop_invalid, description, tags, no_progress, as_json, name, parent, rank, alpha,
             dropout, targets, rslora, qlora, lr, epochs, batch_size, beta) -> None:
-        from training.api import check_qlora
+        from training.lora import check_qlora
         from training.preference import PreferenceConfig, train_preference
 
         lora = _lora(rank, alpha, dropout, targets, rslora, qlora)
@@ -222,7 +210,7 @@ def _preference(method: str):
             beta=beta, max_length=max_length, seed=seed, task=task, evaluator=evaluator,
             strict=not drop_invalid, description=description, tags=tuple(tags),
             progress=not no_progress)
-        with _registry(settings) as reg:
+        with open_registry(settings) as reg:
             result = train_preference(cfg, reg, runs_dir=settings.home / "runs",
                                       max_rank=settings.max_lora_rank)
         _report(result, as_json)

@@ -9,23 +9,23 @@ from pathlib import Path
 import pytest
 
 
-def test_sized_base_loads_and_streams_text(embedded_base: Path, tmp_path: Path) -> None:
+def test_sized_base_loads_and_streams_text(tiny_base: Path, tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from benchmarks.base_gen import SIZES, make_base
 
     with pytest.raises(ValueError, match="unknown base size"):
-        make_base(embedded_base, tmp_path, "3b")
-    out = make_base(embedded_base, tmp_path, "5m")
-    assert make_base(embedded_base, tmp_path, "5m") == out  # cached, not rebuilt
+        make_base(tiny_base, tmp_path, "3b")
+    out = make_base(tiny_base, tmp_path, "5m")
+    assert make_base(tiny_base, tmp_path, "5m") == out  # cached, not rebuilt
     info = json.loads((out / "bench_base.json").read_text())
     model = AutoModelForCausalLM.from_pretrained(str(out))
     hidden, _, layers, _, _ = SIZES["5m"]
     assert model.config.hidden_size == hidden and model.config.num_hidden_layers == layers
     assert info["parameters"] == sum(p.numel() for p in model.parameters()) > 4_000_000
     tok = AutoTokenizer.from_pretrained(str(out))
-    assert tok.get_vocab() == AutoTokenizer.from_pretrained(str(embedded_base)).get_vocab()
+    assert tok.get_vocab() == AutoTokenizer.from_pretrained(str(tiny_base)).get_vocab()
     ids = tok.apply_chat_template([{"role": "user", "content": "copy: a b c"}],
                                   add_generation_prompt=True, return_tensors="pt",
                                   return_dict=True)["input_ids"]

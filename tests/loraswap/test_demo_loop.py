@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from adapters import Registry
 from loraswap.demo import DemoConfig, run_demo
 from loraswap.settings import Settings
+from loraswap.wiring import open_registry
 
 pytestmark = pytest.mark.slow
 
@@ -29,11 +29,8 @@ def test_feedback_trains_a_better_next_version(embedded_base: Path, tmp_path: Pa
 
     # The feedback became training data, and v3 trained on it is registered with its lineage.
     assert summary["exported_rows"] > 0
-    registry = Registry(settings.db_path, settings.store_dir, settings.base_model_dir)
-    try:
+    with open_registry(settings) as registry:
         stored = registry.get(v3["ref"], verify=True)
-    finally:
-        registry.close()
     assert stored.version == 3 and stored.status == "active"
     assert stored.lineage["parent"] == v2["ref"]
     assert stored.lineage["dataset_fingerprint"]

@@ -72,3 +72,59 @@ def test_cli_bad_data_directory_gives_one_line_naming_the_path(tmp_path: Path, k
     # The environment variable is refused the same way.
     via_env = run_cli("base", "build", env={"LORASWAP_HOME": str(home)})
     assert via_env.returncode != 0 and str(home) in via_env.stderr
+
+
+@pytest.mark.parametrize(("name", "raw", "words"), [
+    ("MAX_LORAS", "2.5", "is not an integer"),
+    ("KV_CACHE_GIB", "lots", "is not a number"),
+    ("CPU_BASE_GUARD", "maybe", "is not a boolean"),
+    ("PORT", "70000", "less than or equal to 65535"),
+    ("LOG_LEVEL", "loud", "'critical', 'error', 'warning', 'info' or 'debug'"),
+])
+def test_every_kind_of_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, name: str,
+                                                    raw: str, words: str) -> None:
+    monkeypatch.setenv(f"LORASWAP_{name}", raw)
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env()
+    assert f"LORASWAP_{name}={raw!r}" in str(info.value)
+    assert words in str(info.value)
+
+
+def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LORASWAP_BASE_MODEL", "")
+    monkeypatch.setenv("LORASWAP_PORT", "")
+    settings = Settings.from_env()
+    assert settings.uses_embedded_base and settings.port == 8000
+
+
+def test_replace_validates_and_does_not_reread_the_environment(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    settings = Settings.from_env(home=str(tmp_path), base_model="~/models/llama")
+    assert settings.base_model == Path.home() / "models" / "llama"
+    assert settings.model_id == "llama" and not settings.uses_embedded_base
+    monkeypatch.setenv("LORASWAP_MAX_LORAS", "7")  # read by from_env, not by replace
+    changed = settings.replace(port="9000", base_model_name="bot")
+    assert (changed.port, changed.model_id, changed.max_loras) == (9000, "bot", 4)
+    assert settings.port == 8000  # frozen: replace made a copy
+    with pytest.raises(SettingsError, match="port='x' is not an integer"):
+        settings.replace(port="x")
+    with pytest.raises(TypeError, match="no_such_setting"):
+        Settings.from_env(no_such_setting=1)
+
+
+def test_to_env_reproduces_the_settings_in_a_child(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    monkeypatch.setenv("LORASWAP_BASE_MODEL", str(tmp_path / "inherited"))
+    settings = Settings.from_env(home=str(tmp_path), max_loras=3, cpu_base_guard=False,
+                                 kv_cache_gib=2.5).replace(base_model=None)
+    for key, value in settings.to_env().items():
+        monkeypatch.setenv(key, value)
+    # "" for an unset optional setting: the inherited base model does not leak through
+    assert Settings.from_env() == settings
+
+
+def test_describe_lists_every_setting_and_the_derived_base_dir(tmp_path: Path) -> None:
+    settings = Settings.from_env(home=str(tmp_path))
+    names = [line.split()[0] for line in settings.describe().splitlines()]
+    assert names == [*Settings.model_fields, "base_model_dir"]
+    assert f"base_model_dir {tmp_path / 'base'}" in " ".join(settings.describe().split())

@@ -1,24 +1,15 @@
-"""Router test fixtures: a duck-typed registry stand-in, a Router on a temp database, and a
-real uvicorn server on loopback running a small app with the router's routes mounted plus
-a stand-in chat endpoint that routes and logs exactly as the server does."""
+"""Router test fixtures: a duck-typed registry stand-in and a Router on a temp database for the
+library tests, and the real app under uvicorn on loopback for the HTTP tests."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 
-from router import RequestRecord, Router, new_request_id
-from server import routes_experiments, routes_feedback
+from router import Router
 
 
 @dataclass(frozen=True)
@@ -80,54 +71,6 @@ def router(tmp_path: Path, registry: FakeRegistry) -> Iterator[Router]:
     r.close()
 
 
-def make_app(router: Router) -> FastAPI:
-    app = FastAPI()
-    app.state.router = router
-    app.include_router(routes_experiments.api)
-    app.include_router(routes_feedback.api)
-
-    @app.middleware("http")
-    async def keys(request: Request, call_next):  # what the server's auth will set
-        key = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if key:
-            request.state.api_key_id = key
-            request.state.is_admin = key.startswith("admin")
-        return await call_next(request)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0]
-        return JSONResponse(
-            {"error": {"message": f"{'.'.join(map(str, first['loc']))}: {first['msg']}",
-                       "type": "invalid_request_error", "param": None, "code": "invalid"}},
-            status_code=400)
-
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> JSONResponse:
-        started = time.perf_counter()
-        body = await request.json()
-        unit = body.get("user") or request.headers.get("x-user-id")
-        route = router.route(body["model"], unit)
-        served = route.target if route else body["model"]
-        request_id = new_request_id()
-        text = body["messages"][-1]["content"]
-        output = f"{served} says {text}"
-        router.log_request(RequestRecord(
-            request_id=request_id, model=body["model"], served=served, route=route, user=unit,
-            api_key_id=getattr(request.state, "api_key_id", None),
-            latency_ms=(time.perf_counter() - started) * 1000, prompt_tokens=len(text),
-            completion_tokens=len(output), finish_reason="stop", prompt=body["messages"],
-            output=output))
-        headers = {"X-Request-Id": request_id, **(route.headers() if route else {})}
-        return JSONResponse(
-            {"id": request_id, "object": "chat.completion", "model": served,
-             "choices": [{"index": 0, "finish_reason": "stop",
-                          "message": {"role": "assistant", "content": output}}]},
-            headers=headers)
-
-    return app
-
-
 @dataclass
 class LiveServer:
     url: str
@@ -135,18 +78,31 @@ class LiveServer:
 
 
 @pytest.fixture
-def live_server(router: Router) -> Iterator[LiveServer]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = uvicorn.Config(make_app(router), host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield LiveServer(f"http://127.0.0.1:{port}", router)
-    server.should_exit = True
-    thread.join(timeout=10)
+def live_server(tmp_path: Path, tiny_base: Path, tiny_loras: list[Path]) -> Iterator[LiveServer]:
+    """The real app (fake engine, real registry with support@1..3 and other@1, real SQLite)
+    under a real uvicorn on loopback: the router's routes answer through production's error
+    handlers."""
+    from inprocess import build, serve_on_loopback
+
+    parts = build(tmp_path / "home", tiny_base)
+    for i, ref in enumerate(REFS):
+        parts.registry.add(tiny_loras[i], ref.partition("@")[0])
+    with serve_on_loopback(parts.app) as url:
+        yield LiveServer(url, parts.router)
+
+
+def log_routed(router: Router, alias: str, numbers: range) -> None:
+    """Route and log one request per number: request id `r<i>`, unit `u<i>` (what the server
+    does for an alias request)."""
+    from router import RequestRecord
+
+    for i in numbers:
+        route = router.route(alias, f"u{i}")
+        router.log_request(RequestRecord(request_id=f"r{i}", model=alias, served=route.target,
+                                         route=route))
+
+
+@pytest.fixture
+def routed():
+    """`routed(router, alias, numbers)`: see `log_routed`."""
+    return log_routed

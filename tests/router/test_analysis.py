@@ -1,4 +1,4 @@
-"""The statistics against scipy (and numpy), to 1e-6."""
+"""The statistics against scipy (and numerical integration), to 1e-6."""
 
 from __future__ import annotations
 
@@ -38,14 +38,12 @@ def test_welch_matches_scipy(a):
     assert hi == pytest.approx(a[3] - a[0] + half, abs=1e-8)
 
 
-@pytest.mark.parametrize("df", [1, 2, 5.5, 30, 1000])
-def test_t_functions_match_scipy(df):
-    assert st.t_ppf(0.975, df) == pytest.approx(stats.t.ppf(0.975, df), abs=1e-9)
-    for t in (-3.0, -0.2, 0.0, 1.3, 8.0):
-        assert st.t_sf(t, df) == pytest.approx(stats.t.sf(t, df), abs=1e-12)
-    lo, hi = st.mean_interval(3.2, 1.1, 12)
-    ref = stats.t.interval(0.95, 11, loc=3.2, scale=1.1 / np.sqrt(12))
+@pytest.mark.parametrize("n", [2, 3, 12, 31, 1001])
+def test_mean_interval_matches_scipy(n):
+    lo, hi = st.mean_interval(3.2, 1.1, n)
+    ref = stats.t.interval(0.95, n - 1, loc=3.2, scale=1.1 / np.sqrt(n))
     assert (lo, hi) == pytest.approx(ref, abs=1e-9)
+    assert st.mean_interval(3.2, 1.1, 1) is None
 
 
 @pytest.mark.parametrize("counts", [(30, 20, 40, 15), (0, 0, 0, 0), (5, 50, 9, 41),
@@ -78,10 +76,3 @@ def test_srm_flags_70_30_against_50_50_and_not_a_fair_split():
     assert st.srm_test([70, 30], [50, 50])[2] < st.SRM_THRESHOLD  # 100 units
     assert st.srm_test([52, 48], [50, 50])[2] > st.SRM_THRESHOLD
     assert st.srm_test([0, 0], [1, 1]) is None
-
-
-@pytest.mark.parametrize("q", [0.5, 0.95, 0.0, 1.0])
-def test_quantile_matches_numpy(q):
-    values = [5.0, 1.0, 7.5, 3.3, 2.2, 9.9, 4.4]
-    assert st.quantile(values, q) == pytest.approx(float(np.quantile(values, q)), abs=1e-12)
-    assert st.quantile([], q) is None

@@ -122,17 +122,11 @@ def test_score_results_match_scipy(router: Router):
     assert res["srm"]["flagged"] is False
 
 
-def test_paused_requests_are_not_counted(router: Router):
+def test_paused_requests_are_not_counted(router: Router, routed):
     router.create(alias="bot", variants=[("support@1", 1), ("support@2", 1)])
     router.start("bot")
-    for i in range(10):
-        route = router.route("bot", f"u{i}")
-        router.log_request(RequestRecord(request_id=f"r{i}", model="bot",
-                                         served=route.target, route=route))
+    routed(router, "bot", range(10))
     router.pause("bot")
-    for i in range(10, 15):
-        route = router.route("bot", f"u{i}")
-        router.log_request(RequestRecord(request_id=f"r{i}", model="bot",
-                                         served=route.target, route=route))
+    routed(router, "bot", range(10, 15))
     res = router.results("bot")
     assert sum(v["requests"] for v in res["variants"]) == 10

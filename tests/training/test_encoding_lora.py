@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from training.base_model import encode_chat
 from training.data import Row
 from training.encoding import IGNORE, encode_row
 from training.lora import LoraOptions, TrainingConfigError, build_lora_config, check_servable
@@ -16,7 +15,11 @@ def test_labels_cover_the_reply_and_eos_only():
     tok = build_tokenizer()
     ex = make_examples("upper", "train", 1)[0]
     ids, labels = encode_row(tok, Row("sft", {"messages": ex.messages()}))
-    assert (ids, labels) == encode_chat(tok, ex)
+    # The same tokens as rendering the prompt and appending the reply and EOS by hand.
+    prompt = tok.apply_chat_template(ex.messages()[:1], tokenize=False, add_generation_prompt=True)
+    head = tok(prompt, add_special_tokens=False)["input_ids"]
+    reply = tok(ex.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert (ids, labels) == (head + reply, [IGNORE] * len(head) + reply)
     scored = [t for t in labels if t != IGNORE]
     assert tok.decode(scored[:-1]) == ex.answer and scored[-1] == tok.eos_token_id
 

@@ -31,7 +31,10 @@ def test_splits_are_disjoint_distinct_and_seeded(task: str) -> None:
 
 
 def test_copy_texts_cover_upper_case_and_punctuation() -> None:
-    """The base must have emitted every character adapters will emit (DESIGN §3)."""
+    """The base must have emitted every character adapters will emit.
+
+    docs/engine-notes.md#base-vocabulary
+    """
     text = " ".join(e.text for e in make_examples("copy", "train", 2000))
     assert set("ABCDEFGHIJKLMNOPRSTUVWY") <= set(text)
     assert "!" in text

@@ -27,7 +27,8 @@ def test_sft_upper_reaches_the_bar_and_records_everything(env, upper, open_regis
     assert m["exact_match"] >= 0.90, m
     assert m["base_exact_match"] <= 0.05, m
     # Forgetting check: with the copy replay the adapter keeps the base's copy skill within
-    # 10 points (without replay DESIGN §3 measured copy falling to 0-25% with the adapter on).
+    # 10 points (without replay copy fell to 0-25% with the adapter on:
+    # docs/engine-notes.md#copy-forgetting).
     assert m["copy_accuracy"] >= m["base_copy_accuracy"] - 0.10, m
     assert m["test_perplexity"] > 1.0 and m["val_loss"] < 0.5
     assert m["wall_seconds"] > 0 and m["best_step"] <= m["steps"]

@@ -1,0 +1,122 @@
+"""The one way the parts are built from `Settings`: server, engine, registry, router, keys.
+
+The parts take plain values (server/ never imports loraswap), so something has to translate
+the settings into their constructors; doing it here, once, keeps the CLI commands, the demo,
+the benchmarks and the server from each spelling their own (slightly different) version.
+
+`server_config` and `engine_config` fill a config dataclass field from the setting (or derived
+property) of the same name; `unmatched_fields` lists the fields that no setting feeds, which a
+test keeps empty, so a field added to either config is either a setting or an explicit value
+here, never a silently frozen default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from loraswap.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from adapters import Registry
+    from router import Router
+    from server.auth import KeyStore
+    from server.config import ServerConfig
+    from server.engine import EngineConfig
+
+__all__ = [
+    "build_app",
+    "engine_config",
+    "open_keys",
+    "open_registry",
+    "open_router",
+    "serve",
+    "server_config",
+    "unmatched_fields",
+]
+
+T = TypeVar("T")
+
+
+def _from_settings(cls: type[T], settings: Settings, **explicit: Any) -> T:
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values = {n: getattr(settings, n) for n in names if n not in explicit and hasattr(settings, n)}
+    return cls(**values, **explicit)
+
+
+def unmatched_fields(cls: type, explicit: set[str]) -> set[str]:
+    """Fields of config dataclass `cls` that neither a setting nor `explicit` provides."""
+    provided = set(Settings.model_fields) | explicit | {
+        name for name, value in vars(Settings).items() if isinstance(value, property)}
+    return {f.name for f in dataclasses.fields(cls)} - provided
+
+
+SERVER_EXPLICIT = {"settings_summary"}
+ENGINE_EXPLICIT = {"model"}
+
+
+def server_config(settings: Settings) -> ServerConfig:
+    from server.config import ServerConfig
+
+    return _from_settings(ServerConfig, settings, settings_summary=settings.describe())
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    from server.engine import EngineConfig
+
+    return _from_settings(EngineConfig, settings, model=settings.base_model_dir)
+
+
+def open_registry(settings: Settings) -> Registry:
+    """The adapter registry under `home` (created, and proven writable, first)."""
+    from adapters import Registry
+
+    settings.ensure_home()
+    return Registry(settings.db_path, settings.store_dir, settings.base_model_dir,
+                    max_rank=settings.max_lora_rank)
+
+
+def open_router(settings: Settings, registry: Any = None) -> Router:
+    """The experiment router on the same database; `registry` (to check and pin refs, and to
+    guard variants' adapters against deletion) may be None for read-only uses."""
+    from router import Router
+
+    settings.ensure_home()
+    return Router(settings.db_path, registry, base_id=settings.model_id,
+                  retention=settings.retention, log_all=settings.log_all_requests)
+
+
+def open_keys(settings: Settings) -> KeyStore:
+    """The API keys, in the same database."""
+    from server.auth import KeyStore
+
+    settings.ensure_home()
+    return KeyStore(settings.db_path)
+
+
+def build_app(settings: Settings, *, config: ServerConfig | None = None,
+              keys: KeyStore | None = None) -> FastAPI:
+    """The server's FastAPI app; the app's lifespan starts the engine and closes the parts."""
+    from server.app import create_app
+    from server.engine import Engine
+
+    registry = open_registry(settings)
+    try:
+        router = open_router(settings, registry)
+    except BaseException:
+        registry.close()
+        raise
+    return create_app(config or server_config(settings), engine=Engine(engine_config(settings)),
+                      registry=registry, router=router,
+                      keys=keys if keys is not None else open_keys(settings))
+
+
+def serve(settings: Settings) -> int:
+    """Build the app and serve it until SIGTERM; the exit status."""
+    from server.app import run
+
+    config = server_config(settings)
+    keys = open_keys(settings)
+    return run(build_app(settings, config=config, keys=keys), config)

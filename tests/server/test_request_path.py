@@ -1,0 +1,83 @@
+"""The request path reads memory: an inference request runs no SQL and no file `stat` on the
+event loop (keys, experiment routing, the model catalog and residency are all in memory)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+from collections import Counter
+
+import httpx
+from openai import AsyncOpenAI
+
+
+def test_an_inference_request_runs_no_sql_and_no_stat_on_the_event_loop(
+        monkeypatch, inprocess, tiny_loras):
+    seen: Counter[str] = Counter()
+    loop_thread: list[int] = []
+    real_connect, real_stat = sqlite3.connect, os.stat
+
+    def on_loop() -> bool:
+        return bool(loop_thread) and threading.get_ident() == loop_thread[0]
+
+    def connect(*args, **kwargs):
+        conn = real_connect(*args, **kwargs)
+        conn.set_trace_callback(lambda sql: seen.update(["sql on loop"] if on_loop() else
+                                                        ["sql elsewhere"]))
+        return conn
+
+    def stat(path, *args, **kwargs):
+        if on_loop():
+            seen["stat on loop"] += 1
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    parts = inprocess(log_all=True)
+    _, key = parts.keys.create("app", "admin")
+    auth = {"Authorization": f"Bearer {key}"}
+
+    async def main() -> dict[str, Counter]:
+        loop_thread.append(threading.get_ident())
+        async with parts.app.router.lifespan_context(parts.app):
+            transport = httpx.ASGITransport(app=parts.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app",
+                                         headers=auth) as http:
+                for i, name in enumerate(("a", "b")):
+                    r = await http.post("/admin/adapters", json={"name": name,
+                                                                  "path": str(tiny_loras[i])})
+                    assert r.status_code == 201
+                r = await http.post("/admin/experiments", json={
+                    "alias": "bot", "variants": [{"ref": "a@1", "weight": 1},
+                                                 {"ref": "b@1", "weight": 1}]})
+                assert r.status_code == 201
+                assert (await http.post("/admin/experiments/bot/start")).status_code == 200
+                client = AsyncOpenAI(base_url="http://app/v1", api_key=key, http_client=http,
+                                     max_retries=0)
+                # FastAPI reads each endpoint's source location once per process (its
+                # error context cache): warm the route up before counting.
+                await client.chat.completions.create(
+                    model="loraswap-base", max_tokens=1, messages=[{"role": "user",
+                                                                    "content": "warm"}])
+                counts = {}
+                for label, model in (("cold", "a"), ("warm", "a@1"), ("alias", "bot"),
+                                     ("base", "loraswap-base")):
+                    seen.clear()
+                    monkeypatch.setattr(os, "stat", stat)
+                    out = await client.chat.completions.create(
+                        model=model, user="u1", max_tokens=8,
+                        messages=[{"role": "user", "content": "hi"}])
+                    monkeypatch.setattr(os, "stat", real_stat)
+                    assert out.choices[0].message.content.startswith("[")
+                    counts[label] = Counter(seen)
+                parts.router.flush()  # the log was written, on the writer's thread
+        return counts
+
+    counts = asyncio.run(main())
+    for label, c in counts.items():
+        assert c["sql on loop"] == 0, (label, c)
+        assert c["stat on loop"] == 0, (label, c)
+    rows = sqlite3.connect(parts.config.db_path).execute(
+        "SELECT alias, model_served FROM requests ORDER BY ts").fetchall()
+    assert [r[0] for r in rows] == ["loraswap-base", "a", "a@1", "bot", "loraswap-base"]

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 __all__ = [
     "ROLES",
@@ -46,6 +47,14 @@ class ChatMessage(BaseModel):
     role: Role
     content: str | list[ContentPart] | None = None
     name: str | None = None
+
+    @model_validator(mode="after")
+    def _content_unless_assistant(self) -> ChatMessage:
+        # Only an assistant turn may be empty (OpenAI's: one that carried tool calls).
+        if self.content is None and self.role != "assistant":
+            raise PydanticCustomError("missing_content",
+                                      "a {role} message needs `content`", {"role": self.role})
+        return self
 
     def text(self) -> str:
         if self.content is None:

@@ -28,8 +28,9 @@ from server.auth import KeyStore
 from server.auth_deps import require_admin, require_inference
 from server.catalog import ModelCatalog
 from server.config import ServerConfig
-from server.errors import NotReady, install_error_handlers, to_response
+from server.errors import NotReady, PayloadTooLarge, install_error_handlers, to_response
 from server.metrics import Metrics
+from server.openai_requests import LIMITS
 from server.reconcile import Reconciler
 from server.residency import Residency
 from server.routes_admin import router as admin_router
@@ -75,6 +76,39 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+class BodyLimitMiddleware:
+    """Bodies over `limit` bytes get a 413 before they are parsed (uploads have their own
+    limit). Counts what arrives, so a body without Content-Length is bounded too."""
+
+    def __init__(self, app, limit: int, exempt: tuple[str, ...]) -> None:
+        self.app = app
+        self.limit = limit
+        self.exempt = exempt
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(self.exempt):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or ()).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await to_response(self._too_large())(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise self._too_large()
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"request body over {self.limit} bytes", code="request_too_large")
 
 
 def _load_tokenizer(config: ServerConfig):
@@ -132,6 +166,8 @@ def create_app(config: ServerConfig, *, engine, registry: Registry, router: Rout
     state.engine, state.registry, state.router, state.catalog = engine, registry, router, catalog
     state.ready = False
     install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, limit=LIMITS["request_bytes"],
+                       exempt=("/admin/adapters/upload",))
     app.add_middleware(RequestIdMiddleware, metrics=metrics)
     app.include_router(openai_router)
     app.include_router(admin_router)

@@ -139,6 +139,13 @@ class GenParams:
     stream: bool
     min_tokens: int
     ignore_eos: bool
+    frequency_penalty: float
+    presence_penalty: float
+    repetition_penalty: float
+    top_k: int  # 0: off
+    min_p: float
+    logit_bias: dict[int, float] | None
+    stop_token_ids: Sequence[int]
 
 
 @dataclass
@@ -157,6 +164,7 @@ class ChoiceDelta:
     token_ids: list[int]
     finish_reason: str | None
     logprobs: list[TokenLogprob] | None = None
+    cumulative_logprob: float | None = None  # when logprobs were asked for (best_of ranks by it)
 
 
 @dataclass
@@ -299,7 +307,11 @@ class Engine:
                 n=params.n, temperature=params.temperature, top_p=params.top_p,
                 max_tokens=params.max_tokens, stop=list(params.stop) or None, seed=params.seed,
                 logprobs=params.logprobs, min_tokens=params.min_tokens,
-                ignore_eos=params.ignore_eos,
+                ignore_eos=params.ignore_eos, frequency_penalty=params.frequency_penalty,
+                presence_penalty=params.presence_penalty,
+                repetition_penalty=params.repetition_penalty, top_k=params.top_k,
+                min_p=params.min_p, logit_bias=params.logit_bias,
+                stop_token_ids=list(params.stop_token_ids) or None,
                 output_kind=RequestOutputKind.DELTA if params.stream else RequestOutputKind.FINAL_ONLY,
             )
         except (VLLMValidationError, ValueError) as exc:
@@ -332,7 +344,8 @@ class Engine:
                     top=[(lp.decoded_token or "", lp.logprob) for _, lp in top],
                 ))
         return ChoiceDelta(index=c.index, text=c.text, token_ids=list(c.token_ids),
-                           finish_reason=c.finish_reason, logprobs=lps)
+                           finish_reason=c.finish_reason, logprobs=lps,
+                           cumulative_logprob=c.cumulative_logprob)
 
     def shutdown(self) -> None:
         if self._llm is not None:

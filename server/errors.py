@@ -181,6 +181,11 @@ def _validation_error(exc: RequestValidationError) -> InvalidRequest:
     if first.get("type") == "extra_forbidden":
         return InvalidRequest(f"Unrecognized request argument supplied: {param}", param=param,
                               code="unknown_parameter")
+    ctx = first.get("ctx") or {}
+    if first.get("type") in ("unsupported_parameter", "invalid_string"):  # our own checks
+        named = ctx.get("param") or param
+        return InvalidRequest(first.get("msg", "invalid request"), param=named,
+                              code=first["type"])
     msg = first.get("msg", "invalid request")
     if param:
         msg = f"Invalid value for '{param}': {msg}"

@@ -1,8 +1,8 @@
 """Wire formats: the OpenAI-compatible requests and responses, and the admin API's.
 
-OpenAI-facing requests accept unknown fields and ignore them (clients send fields we do not
-implement, like `frequency_penalty`); admin requests forbid them, so a typo is an error.
-Field constraints here produce 400s with the offending parameter named. Responses are models
+The OpenAI request bodies and the policy for fields we do not honour live in
+server/openai_requests.py; admin requests forbid unknown fields, so a typo is an error.
+Field constraints produce 400s with the offending parameter named. Responses are models
 too, so `/openapi.json` describes what the server really returns; fields that only appear
 on request (`token_ids`, a stream chunk's `usage`) are left out when unset.
 """
@@ -10,11 +10,12 @@ on request (`token_ids`, a stream chunk's `usage`) are left out when unset.
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field
 
 from common.chat import ChatMessage, ContentPart
+from server.openai_requests import ChatCompletionRequest, CompletionRequest, StreamOptions
 
 __all__ = [
     "AdapterView",
@@ -41,9 +42,6 @@ __all__ = [
     "now",
 ]
 
-Number = Annotated[float, Field(allow_inf_nan=False)]
-
-
 def _unset(value: object) -> bool:
     return value is None
 
@@ -52,52 +50,8 @@ def now() -> int:
     return int(time.time())
 
 
-class OpenAIModel(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
 class AdminModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class StreamOptions(OpenAIModel):
-    include_usage: StrictBool = False
-
-
-class _SamplingFields(OpenAIModel):
-    model: str = Field(min_length=1)
-    max_tokens: StrictInt | None = Field(default=None, ge=1)
-    temperature: Number | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: Number | None = Field(default=None, gt=0.0, le=1.0)
-    n: StrictInt = Field(default=1, ge=1)
-    stop: str | list[str] | None = None
-    seed: StrictInt | None = None
-    user: str | None = None
-    stream: StrictBool = False
-    stream_options: StreamOptions | None = None
-    # Extension (same name as vLLM's): each choice also carries its generated token ids.
-    return_token_ids: StrictBool = False
-    # Extensions (vLLM's names): generate at least `min_tokens`; never stop at EOS.
-    min_tokens: StrictInt = Field(default=0, ge=0)
-    ignore_eos: StrictBool = False
-
-    def stop_list(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
-
-
-class ChatCompletionRequest(_SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
-    logprobs: StrictBool = False
-    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
-
-
-class CompletionRequest(_SamplingFields):
-    prompt: str | list[StrictInt] | list[str]
-    logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
-    echo: StrictBool = False
 
 
 class Usage(BaseModel):

@@ -53,8 +53,11 @@ class Accumulated:
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] | None = None
+    cumulative_logprob: float | None = None
 
     def add(self, c: ChoiceDelta) -> None:
+        if c.cumulative_logprob is not None:
+            self.cumulative_logprob = c.cumulative_logprob
         self.text += c.text
         self.token_ids += c.token_ids
         if c.finish_reason:
@@ -91,7 +94,8 @@ class ServingBase:
                                    api_key_id=meta.api_key_id)
 
     def gen_params(self, *, prompt_len: int, max_tokens: int | None, req, logprobs: int | None,
-                   what: str = "messages") -> GenParams:
+                   what: str = "messages", n: int | None = None) -> GenParams:
+        """`n`: how many choices to generate, when more than `req.n` (completions' best_of)."""
         limit = self.max_model_len
         if prompt_len >= limit:
             raise InvalidRequest(f"This model's maximum context length is {limit} tokens. "
@@ -107,18 +111,46 @@ class ServingBase:
                                  f"({prompt_len} in the {what}, {max_tokens} in the completion). "
                                  f"Please reduce the length of the {what} or completion.",
                                  param="max_tokens", code="context_length_exceeded")
-        if req.n > self.max_n:
+        n, n_param = (req.n, "n") if n is None else (n, "best_of")
+        if n > self.max_n:
             raise InvalidRequest(f"Invalid value for 'n': at most {self.max_n} choices per "
-                                 f"request, got {req.n}.", param="n")
+                                 f"request, got {n}.", param=n_param)
         temperature = 1.0 if req.temperature is None else req.temperature
-        if req.n > 1 and temperature == 0:
+        if n > 1 and temperature == 0:
             raise InvalidRequest("Invalid value for 'n': n > 1 needs temperature > 0 (greedy "
                                  "decoding would return n identical choices).", param="n")
         return GenParams(max_tokens=max_tokens, temperature=temperature,
-                         top_p=1.0 if req.top_p is None else req.top_p, n=req.n,
+                         top_p=1.0 if req.top_p is None else req.top_p, n=n,
                          stop=tuple(req.stop_list()), seed=req.seed, logprobs=logprobs,
                          stream=req.stream, min_tokens=min(req.min_tokens, max_tokens),
-                         ignore_eos=req.ignore_eos)
+                         ignore_eos=req.ignore_eos,
+                         frequency_penalty=req.frequency_penalty or 0.0,
+                         presence_penalty=req.presence_penalty or 0.0,
+                         repetition_penalty=(1.0 if req.repetition_penalty is None
+                                             else req.repetition_penalty),
+                         top_k=0 if req.top_k in (None, -1) else req.top_k,
+                         min_p=req.min_p or 0.0, logit_bias=self.logit_bias(req.logit_bias),
+                         stop_token_ids=self.token_ids(req.stop_token_ids, "stop_token_ids"))
+
+    def token_ids(self, ids: list[int] | None, param: str) -> tuple[int, ...]:
+        vocab = len(self.tokenizer)
+        bad = [i for i in ids or () if not 0 <= i < vocab]
+        if bad:
+            raise InvalidRequest(f"Invalid value for '{param}': token ids must be in "
+                                 f"[0, {vocab}), got {bad[0]}", param=param)
+        return tuple(ids or ())
+
+    def logit_bias(self, bias: dict[str, float] | None) -> dict[int, float] | None:
+        """OpenAI's keys are token ids as strings."""
+        if not bias:
+            return None
+        try:
+            ids = {int(k): v for k, v in bias.items()}
+        except ValueError:
+            raise InvalidRequest("Invalid value for 'logit_bias': keys must be token ids "
+                                 "(integers as strings)", param="logit_bias") from None
+        self.token_ids(list(ids), "logit_bias")
+        return ids
 
     async def outputs(self, target: Target, prompt_ids: list[int], params: GenParams,
                       prompt: list[dict] | str | None = None) -> AsyncIterator[EngineOutput]:

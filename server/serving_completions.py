@@ -65,8 +65,18 @@ class ServingCompletions(ServingBase):
         target = self.target(req.model, req.user, meta)
         prompts = self.prompts(req)
         max_tokens = 16 if req.max_tokens is None else req.max_tokens  # OpenAI's default here
+        best_of = req.best_of or req.n
+        if best_of < req.n:
+            raise InvalidRequest(f"Invalid value for 'best_of': it must be at least n "
+                                 f"({req.n}), got {best_of}", param="best_of")
+        if best_of > req.n and req.stream:
+            raise InvalidRequest("best_of cannot be used with stream (the best choices are "
+                                 "only known at the end)", param="best_of")
+        # best_of > n: generate best_of, keep the n with the highest cumulative logprob
+        # (vLLM computes it only when logprobs are asked for: at least the chosen token's).
+        lp = req.logprobs if req.logprobs is not None or best_of == req.n else 0
         params = [self.gen_params(prompt_len=len(ids), max_tokens=max_tokens, req=req,
-                                  logprobs=req.logprobs, what="prompt") for _, ids in prompts]
+                                  logprobs=lp, what="prompt", n=best_of) for _, ids in prompts]
         cid = f"cmpl-{uuid.uuid4().hex}"
         headers = target.headers()
         if req.stream:
@@ -80,11 +90,14 @@ class ServingCompletions(ServingBase):
         for p, ((text, ids), gp) in enumerate(zip(prompts, params, strict=True)):
             acc = await self.collect(target, ids, gp, text)
             prompt_tokens += len(ids)
+            completion_tokens += sum(len(a.token_ids) for a in acc)  # best_of: all are paid for
+            if best_of > req.n:
+                acc = sorted(acc, key=lambda a: a.cumulative_logprob or float("-inf"),
+                             reverse=True)[: req.n]
             for j, a in enumerate(acc):
-                completion_tokens += len(a.token_ids)
                 prefix = text if req.echo else ""
                 choices.append(CompletionChoice(
-                    index=p * gp.n + j, text=prefix + a.text,
+                    index=p * req.n + j, text=prefix + a.text,
                     logprobs=(_logprobs(a.logprobs or [], len(prefix))
                               if req.logprobs is not None else None),
                     finish_reason=finish_reason(a.finish_reason),

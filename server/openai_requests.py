@@ -1,0 +1,147 @@
+"""The OpenAI request bodies we accept, and the policy for every field we do not honour.
+
+Why strict: a field that is accepted and ignored breaks a client silently (a structured-output
+client gets prose, an agent gets no tool call). So every field is one of:
+- honoured (declared below, with OpenAI's bounds);
+- one of vLLM's extensions we honour (`VLLM_EXTENSIONS`);
+- an OpenAI field we do not implement: refused with 400 `unsupported_parameter` naming it,
+  unless it is absent, null or set to its no-op value (`NOOP`, e.g. `store: false`);
+- anything else: 400 `unknown_parameter`.
+Strings are checked for lone UTF-16 surrogates (JSON allows them, UTF-8 cannot encode them,
+and the tokenizer would fail on them with a 500).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+from pydantic_core import PydanticCustomError
+
+from common.chat import ChatMessage
+
+__all__ = [
+    "LIMITS",
+    "NOOP",
+    "VLLM_EXTENSIONS",
+    "ChatCompletionRequest",
+    "CompletionRequest",
+    "StreamOptions",
+    "check_strings",
+]
+
+Number = Annotated[float, Field(allow_inf_nan=False)]
+Int64 = Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
+
+# Documented bounds (docs/server.md); OpenAI's own where it has one.
+LIMITS = {"stop": 4, "stop_chars": 256, "messages": 2048, "stop_token_ids": 64,
+          "logit_bias": 300, "request_bytes": 8 * 1024 * 1024}
+
+# OpenAI fields we do not implement -> the values that ask for nothing (accepted, no effect).
+NOOP: dict[str, tuple[Any, ...]] = {
+    "audio": (None,), "modalities": (None, ["text"]), "prediction": (None,),
+    "web_search_options": (None,), "functions": (None, []), "function_call": (None, "none"),
+    "tools": (None, []), "tool_choice": (None, "none"), "parallel_tool_calls": (None, True, False),
+    "reasoning_effort": (None,), "verbosity": (None,), "metadata": (None, {}),
+    "store": (None, False), "service_tier": (None, "auto", "default"),
+    "prompt_cache_key": (None,), "response_format": (None, {"type": "text"}),
+    "suffix": (None, ""),
+}
+VLLM_EXTENSIONS = ("top_k", "min_p", "repetition_penalty", "stop_token_ids", "min_tokens",
+                   "ignore_eos", "return_token_ids")
+
+
+def check_strings(value: Any, where: str = "") -> None:
+    """400 for a lone surrogate anywhere in the body (keys included)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PydanticCustomError(
+                "invalid_string", "{where} contains a lone UTF-16 surrogate, which is not "
+                "valid Unicode text", {"where": where or "the body", "param": where}) from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_strings(k, where)
+            check_strings(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_strings(v, f"{where}[{i}]")
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: StrictBool = False
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _policy(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        check_strings(data)
+        data = dict(data)
+        for name, noop in NOOP.items():
+            if name not in data or name in cls.model_fields:
+                continue
+            if data[name] not in noop:
+                raise PydanticCustomError(
+                    "unsupported_parameter", "'{param}' is not supported by this server "
+                    "(see the supported fields in docs/server.md)", {"param": name})
+            del data[name]
+        return data
+
+
+class _SamplingFields(_Request):
+    model: str = Field(min_length=1, max_length=256)
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
+    temperature: Number | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: Number | None = Field(default=None, gt=0.0, le=1.0)
+    n: StrictInt = Field(default=1, ge=1, le=128)
+    stop: str | list[Annotated[str, Field(min_length=1, max_length=LIMITS["stop_chars"])]] | None \
+        = Field(default=None, max_length=LIMITS["stop"])
+    seed: Int64 | None = None
+    user: str | None = Field(default=None, max_length=256)
+    safety_identifier: str | None = Field(default=None, max_length=256)
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    frequency_penalty: Number | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: Number | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100, allow_inf_nan=False)]] | None = \
+        Field(default=None, max_length=LIMITS["logit_bias"])
+    # vLLM's extensions (same names, same meaning)
+    top_k: StrictInt | None = Field(default=None, ge=-1, le=1_000_000)
+    min_p: Number | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: Number | None = Field(default=None, gt=0.0, le=10.0)
+    stop_token_ids: list[Annotated[int, Field(strict=True, ge=0, le=2**31 - 1)]] | None = \
+        Field(default=None, max_length=LIMITS["stop_token_ids"])
+    return_token_ids: StrictBool = False  # each choice also carries its generated token ids
+    min_tokens: StrictInt = Field(default=0, ge=0, le=1_000_000)
+    ignore_eos: StrictBool = False
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def unit(self) -> str | None:
+        """The experiment unit the body names: `user`, else OpenAI's `safety_identifier`."""
+        return self.user or self.safety_identifier
+
+
+class ChatCompletionRequest(_SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=LIMITS["messages"])
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
+    logprobs: StrictBool = False
+    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
+
+
+class CompletionRequest(_SamplingFields):
+    prompt: str | list[StrictInt] | list[str]
+    logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
+    echo: StrictBool = False
+    best_of: StrictInt | None = Field(default=None, ge=1, le=128)
+

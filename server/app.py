@@ -14,7 +14,6 @@ import contextlib
 import ipaddress
 import logging
 import signal
-import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -28,6 +27,7 @@ from server.auth import KeyStore
 from server.auth_deps import require_admin, require_inference
 from server.catalog import ModelCatalog
 from server.config import ServerConfig
+from server.engine import EngineUnavailable
 from server.errors import NotReady, PayloadTooLarge, install_error_handlers, to_response
 from server.metrics import Metrics
 from server.openai_requests import LIMITS
@@ -143,6 +143,7 @@ def create_app(config: ServerConfig, *, engine, registry: Registry, router: Rout
         if config.eager_load:
             await _load_all(residency, catalog)
         reconcile = asyncio.create_task(reconciler.run(config.reconcile_interval))
+        watchdog = asyncio.create_task(_watch_engine(app, engine, config.engine_dead_exit_delay))
         log.info("engine ready in %.1f s: base %s (%s), %s, max_loras=%d%s, adapter cache %d",
                  engine.start_seconds or 0, config.model_id, config.base_model_dir,
                  "CPU" if engine.is_cpu else "GPU", engine.config.max_loras,
@@ -154,6 +155,7 @@ def create_app(config: ServerConfig, *, engine, registry: Registry, router: Rout
         finally:
             state.ready = False
             reconcile.cancel()
+            watchdog.cancel()
             router.close()  # flushes the request log first
             engine.shutdown()
             registry.close()
@@ -165,6 +167,9 @@ def create_app(config: ServerConfig, *, engine, registry: Registry, router: Rout
     state.config, state.metrics, state.keys = config, metrics, keys
     state.engine, state.registry, state.router, state.catalog = engine, registry, router, catalog
     state.ready = False
+    state.engine_dead = False
+    state.exit_code = 0
+    state.request_exit = lambda: None  # run() points this at uvicorn's shutdown
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, limit=LIMITS["request_bytes"],
                        exempt=("/admin/adapters/upload",))
@@ -175,11 +180,15 @@ def create_app(config: ServerConfig, *, engine, registry: Registry, router: Rout
     app.include_router(routes_feedback.api, dependencies=[Depends(require_inference)])
 
     @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok"}
+    async def health(request: Request):
+        if request.app.state.engine_dead:
+            return to_response(EngineUnavailable("the engine process died; exiting"))
+        return JSONResponse({"status": "ok"})
 
     @app.get("/ready")
     async def ready(request: Request):
+        if request.app.state.engine_dead:
+            return to_response(EngineUnavailable("the engine process died; exiting"))
         if not request.app.state.ready or not engine.running:
             return to_response(NotReady("the engine is not ready"))
         return JSONResponse({"status": "ready", "model": config.model_id})
@@ -189,6 +198,25 @@ def create_app(config: ServerConfig, *, engine, registry: Registry, router: Rout
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app
+
+
+ENGINE_DEAD_EXIT = 3
+
+
+async def _watch_engine(app: FastAPI, engine, exit_delay: float, every: float = 0.5) -> None:
+    """The engine core is another process and can die under us (out of memory, a kernel
+    crash). Then every request fails, so the process should not look healthy: /health and
+    /ready answer 503 at once, requests get a retryable 503, and after `exit_delay` seconds
+    the server exits with status 3 so a supervisor (systemd, Kubernetes, Docker) restarts
+    it. We do not restart the engine in-process: a fresh process is the one state we know."""
+    while engine.running or not app.state.ready:
+        await asyncio.sleep(every)
+    app.state.engine_dead = True
+    app.state.exit_code = ENGINE_DEAD_EXIT
+    log.error("the engine process died: answering 503 for %.1f s, then exiting with status %d",
+              exit_delay, ENGINE_DEAD_EXIT)
+    await asyncio.sleep(exit_delay)
+    app.state.request_exit()
 
 
 async def _load_all(residency: Residency, catalog: ModelCatalog) -> None:
@@ -239,11 +267,11 @@ def run(app: FastAPI, config: ServerConfig) -> int:
                                access_log=False,
                                timeout_graceful_shutdown=int(config.shutdown_timeout),
                                lifespan="on")
-    started = time.monotonic()
     server = Server(uv_config)
+    app.state.request_exit = lambda: setattr(server, "should_exit", True)
     server.run()
     for handler in logging.getLogger().handlers:
         handler.flush()
-    if not server.started and time.monotonic() - started > 0:
-        return 1
-    return 0
+    if app.state.exit_code:
+        return app.state.exit_code
+    return 0 if server.started else 1

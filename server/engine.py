@@ -35,6 +35,7 @@ __all__ = [
     "Engine",
     "EngineConfig",
     "EngineInputError",
+    "EngineUnavailable",
     "EngineOutput",
     "GenParams",
     "TokenLogprob",
@@ -106,6 +107,11 @@ class EngineInputError(ValueError):
 
 class AdapterLoadError(RuntimeError):
     """The engine could not load an adapter's files."""
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine process died: nothing more can run here (a retryable 503 for clients, and
+    the server exits so its supervisor restarts it)."""
 
 
 @dataclass(frozen=True)
@@ -271,6 +277,8 @@ class Engine:
     async def add_adapter(self, name: str, int_id: int, path: Path) -> None:
         from vllm.lora.request import LoRARequest
 
+        if not self.running:
+            raise EngineUnavailable("the engine is not running; retry shortly")
         try:
             await self._llm.add_lora(LoRARequest(name, int_id, str(path)))
         except Exception as exc:  # vLLM wraps worker errors in a plain Exception
@@ -278,6 +286,10 @@ class Engine:
 
     async def remove_adapter(self, int_id: int) -> bool:
         return bool(await self._llm.remove_lora(int_id))
+
+    def unfinished(self) -> int:
+        """Requests the engine holds now (an aborted request leaves this count)."""
+        return 0 if self._llm is None else self._llm.get_num_unfinished_requests()
 
     async def loaded_ids(self) -> set[int]:
         return set(await self._llm.list_loras()) - {ZERO_ADAPTER_ID}
@@ -301,6 +313,10 @@ class Engine:
         from vllm.exceptions import VLLMValidationError
         from vllm.lora.request import LoRARequest
         from vllm.sampling_params import RequestOutputKind
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        if not self.running:
+            raise EngineUnavailable("the engine is not running; retry shortly")
 
         try:
             sampling = SamplingParams(
@@ -329,6 +345,8 @@ class Engine:
                 )
         except VLLMValidationError as exc:
             raise EngineInputError(str(exc), getattr(exc, "parameter", None)) from None
+        except EngineDeadError:
+            raise EngineUnavailable("the engine process died; retry shortly") from None
 
     @staticmethod
     def _choice(c, k: int | None) -> ChoiceDelta:

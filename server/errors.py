@@ -23,11 +23,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import adapters
 import router
-from server.engine import AdapterLoadError, EngineInputError
+from server.engine import AdapterLoadError, EngineInputError, EngineUnavailable
 
 __all__ = [
     "ERRORS",
     "AdapterCapacityError",
+    "ClientDisconnected",
     "Conflict",
     "ErrorSpec",
     "InvalidRequest",
@@ -91,6 +92,13 @@ class NotReady(ServerError):
     pass
 
 
+class ClientDisconnected(ServerError):
+    """The client went away before its answer was ready (the work was cancelled)."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"request {request_id}: the client disconnected")
+
+
 class AdapterCapacityError(ServerError):
     """Every resident adapter is busy or pinned and none freed up in time."""
 
@@ -117,9 +125,12 @@ ERRORS: dict[type[BaseException], ErrorSpec] = {
     PayloadTooLarge: ErrorSpec(413, _BAD, "upload_too_large"),
     NotReady: ErrorSpec(503, "service_unavailable", "not_ready"),
     AdapterCapacityError: ErrorSpec(503, "service_unavailable", "adapter_capacity"),
+    # nginx's "client closed request": nobody reads it, but the request log and metrics do
+    ClientDisconnected: ErrorSpec(499, _BAD, "client_closed_request"),
     # the engine's
     EngineInputError: ErrorSpec(400, _BAD, "invalid_value"),
     AdapterLoadError: ErrorSpec(500, "server_error", "adapter_load_failed"),
+    EngineUnavailable: ErrorSpec(503, "service_unavailable", "engine_unavailable"),
     # the registry's (adapters/)
     adapters.RegistryError: ErrorSpec(400, _BAD, "registry_error"),
     adapters.AdapterNotFound: ErrorSpec(404, _BAD, "not_found"),
@@ -167,6 +178,8 @@ def describe(exc: BaseException) -> tuple[int, dict]:
 
 def to_response(exc: BaseException, headers: dict[str, str] | None = None) -> JSONResponse:
     status, body = describe(exc)
+    if status == 503:  # every 503 here is worth retrying: say when
+        headers = {"Retry-After": "1", **(headers or {})}
     return JSONResponse(body, status_code=status, headers=headers)
 
 

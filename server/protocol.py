@@ -248,6 +248,7 @@ class EngineView(BaseModel):
     adapter_capacity: int
     loaded: list[str]  # least recently used first
     engine_ids: list[int]
+    running_requests: int  # requests the engine holds now
 
 
 __all__ += ["AdapterList"]

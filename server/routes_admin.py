@@ -167,4 +167,5 @@ async def engine_state(request: Request) -> EngineView:
                       cpu_base_guard=engine.guard_active, cpu_lora_kernels=engine.lora_kernels,
                       adapter_capacity=state.residency.capacity,
                       loaded=[v.ref for v in state.residency.resident()],
-                      engine_ids=sorted(await engine.loaded_ids()))
+                      engine_ids=sorted(await engine.loaded_ids()),
+                      running_requests=engine.unfinished())

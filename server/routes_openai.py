@@ -21,9 +21,14 @@ async def list_models(request: Request) -> wire.ModelList:
     return request.app.state.models.list_models()
 
 
+@router.get("/models/{model_id:path}", response_model=wire.ModelCard)
+async def retrieve_model(model_id: str, request: Request) -> wire.ModelCard:
+    return request.app.state.models.card(model_id)
+
+
 def _meta(request: Request) -> RequestMeta:
     return RequestMeta(request.state.request_id, request.headers.get("x-user-id") or None,
-                       getattr(request.state, "api_key_id", None))
+                       getattr(request.state, "api_key_id", None), request.is_disconnected)
 
 
 @router.post("/chat/completions", response_model=wire.ChatCompletionResponse, responses=_SSE)

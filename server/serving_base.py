@@ -7,19 +7,21 @@ OpenAI's 400 message) and BOS is written once, by the template.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
 from router import RequestRecord
 from server.engine import ChoiceDelta, EngineOutput, GenParams, TokenLogprob
-from server.errors import InvalidRequest, describe
+from server.errors import ClientDisconnected, InvalidRequest, describe
 from server.metrics import Metrics
 from server.protocol import Usage
 from server.residency import Residency
@@ -45,6 +47,8 @@ class RequestMeta:
     request_id: str
     user_header: str | None = None  # X-User-Id: the experiment unit when `user` is absent
     api_key_id: str | None = None
+    # The HTTP layer's "has the client gone?": a non-streamed request is aborted when it has.
+    is_disconnected: Callable[[], Awaitable[bool]] | None = None
 
 
 @dataclass
@@ -67,8 +71,9 @@ class Accumulated:
 
 
 def finish_reason(reason: str | None) -> str | None:
-    # vLLM says "abort" when a request is cut short; OpenAI has no such value.
-    return {"abort": "stop", "error": "stop"}.get(reason or "", reason)
+    # vLLM's "abort" (a request cut short, e.g. by a shutdown past its drain timeout) is kept,
+    # as vLLM's own server does: reporting "stop" would claim a complete answer.
+    return reason
 
 
 class ServingBase:
@@ -207,6 +212,23 @@ class ServingBase:
             for c in out.choices:
                 acc[c.index].add(c)
         return acc
+
+    @staticmethod
+    async def unless_disconnected(meta: RequestMeta, work: Awaitable, every: float = 0.25):
+        """Run `work`; if the client goes away first, cancel it, which aborts its engine
+        requests (a streamed response is cancelled by the server itself)."""
+        task = asyncio.ensure_future(work)
+        if meta.is_disconnected is None:
+            return await task
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=every)
+            if done:
+                return task.result()
+            if await meta.is_disconnected():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                raise ClientDisconnected(meta.request_id)
 
     @staticmethod
     def usage(prompt_tokens: int, completion_tokens: int) -> Usage:

@@ -70,7 +70,7 @@ class ServingChat(ServingBase):
             return StreamingResponse(self._stream(cid, target, ids, params, include_usage,
                                                   messages),
                                      media_type="text/event-stream", headers=target.headers())
-        acc = await self.collect(target, ids, params, messages)
+        acc = await self.unless_disconnected(meta, self.collect(target, ids, params, messages))
         body = ChatCompletionResponse(
             id=cid, created=now(), model=target.model_id,
             choices=[ChatChoice(index=i, message=AssistantMessage(content=a.text),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -86,9 +87,12 @@ class ServingCompletions(ServingBase):
             return StreamingResponse(self._stream(cid, target, prompts, params, req.echo,
                                                   include_usage),
                                      media_type="text/event-stream", headers=headers)
+        # Every prompt at once: the engine batches them.
+        results = await self.unless_disconnected(meta, asyncio.gather(*(
+            self.collect(target, ids, gp, text)
+            for (text, ids), gp in zip(prompts, params, strict=True))))
         choices, prompt_tokens, completion_tokens = [], 0, 0
-        for p, ((text, ids), gp) in enumerate(zip(prompts, params, strict=True)):
-            acc = await self.collect(target, ids, gp, text)
+        for p, ((text, ids), acc) in enumerate(zip(prompts, results, strict=True)):
             prompt_tokens += len(ids)
             completion_tokens += sum(len(a.token_ids) for a in acc)  # best_of: all are paid for
             if best_of > req.n:
@@ -119,6 +123,8 @@ class ServingCompletions(ServingBase):
         try:
             for p, ((text, ids), gp) in enumerate(zip(prompts, params, strict=True)):
                 prompt_tokens += len(ids)
+                # text_offset counts from the start of each choice's text, across chunks
+                offsets = [len(text) if echo else 0] * gp.n
                 if echo:
                     for j in range(gp.n):
                         yield chunk([CompletionChoice(index=p * gp.n + j, text=text)])
@@ -127,7 +133,9 @@ class ServingCompletions(ServingBase):
                         completion += len(c.token_ids)
                         if not c.text and not c.finish_reason:
                             continue
-                        lps = _logprobs(c.logprobs or [], 0) if gp.logprobs is not None else None
+                        lps = (_logprobs(c.logprobs or [], offsets[c.index])
+                               if gp.logprobs is not None else None)
+                        offsets[c.index] += len(c.text)
                         yield chunk([CompletionChoice(
                             index=p * gp.n + c.index, text=c.text, logprobs=lps,
                             finish_reason=finish_reason(c.finish_reason))])

@@ -15,6 +15,7 @@ from adapters import AdapterVersion
 from common.timeutil import iso_to_epoch
 from router import Route, Router
 from server.catalog import ModelCatalog
+from server.errors import ModelNotFound
 from server.protocol import ModelCard, ModelList
 
 __all__ = ["HEADER_EXPERIMENT", "HEADER_MODEL", "HEADER_VARIANT", "ServingModels", "Target"]
@@ -80,6 +81,14 @@ class ServingModels:
         for alias in self.router.aliases():
             cards.append(ModelCard(id=alias, created=now, root=alias, parent=self.base_id))
         return ModelList(data=cards)
+
+    def card(self, model: str) -> ModelCard:
+        """One card, as listed; ModelNotFound for anything /v1/models does not list."""
+        for card in self.list_models().data:
+            if card.id == model:
+                return card
+        self.catalog.lookup(model)  # raises with the reason when it knows one
+        raise ModelNotFound(model)
 
 
 def _created(v: AdapterVersion, default: int) -> int:

@@ -53,6 +53,7 @@ class FakeEngine:
         self.loaded: dict[int, str] = {}
         self.adds: list[str] = []
         self.removes: list[str] = []
+        self.running_requests = 0
         self._running = False
 
     async def start(self) -> None:
@@ -80,6 +81,9 @@ class FakeEngine:
             self.removes.append(name)
         return name is not None
 
+    def unfinished(self) -> int:
+        return self.running_requests
+
     async def loaded_ids(self) -> set[int]:
         return set(self.loaded)
 
@@ -96,6 +100,14 @@ class FakeEngine:
         if len(text) > params.max_tokens:
             text, reason = text[: params.max_tokens], "length"
         pieces = list(text) if params.stream else [text]
+        self.running_requests += 1
+        try:
+            async for out in self._emit(pieces, prompt_ids, params, reason):
+                yield out
+        finally:
+            self.running_requests -= 1
+
+    async def _emit(self, pieces, prompt_ids, params, reason) -> AsyncIterator[EngineOutput]:
         for i, piece in enumerate(pieces):
             if self.token_delay:
                 await asyncio.sleep(self.token_delay * len(piece))

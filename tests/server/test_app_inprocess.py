@@ -117,3 +117,34 @@ def test_archive_and_delete_leave_the_engine(served):
     assert http.delete("/admin/adapters/a2@1").status_code == 204
     r = http.post("/v1/completions", json={"model": "a2@1", "prompt": "x"})
     assert r.status_code == 404
+
+
+def test_retrieve_one_model(served):
+    parts, http = served
+    client = openai_client(http)
+    assert client.models.retrieve("a1@1").parent == "loraswap-base"
+    assert client.models.retrieve("loraswap-base").id == "loraswap-base"
+    r = http.get("/v1/models/nope@3")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+def test_streamed_text_offsets_run_on_across_chunks(served):
+    parts, http = served
+    chunks = list(openai_client(http).completions.create(
+        model="a0", prompt="pq", max_tokens=16, stream=True, logprobs=1, echo=True))
+    offsets = [o for c in chunks if c.choices and c.choices[0].logprobs
+               for o in c.choices[0].logprobs.text_offset]
+    assert offsets == list(range(2, 2 + len("[a0@1]")))  # after the echoed "pq"
+
+
+def test_multi_prompt_completions_run_concurrently(inprocess, tiny_loras):
+    import time
+
+    parts = inprocess(token_delay=0.05)
+    with TestClient(parts.app) as http:
+        started = time.monotonic()
+        r = http.post("/v1/completions", json={"model": "loraswap-base", "max_tokens": 16,
+                                               "prompt": ["a", "b", "c", "d"]})
+        took = time.monotonic() - started
+    assert r.status_code == 200 and [c["text"] for c in r.json()["choices"]] == ["[base]"] * 4
+    assert took < 3 * 0.05 * len("[base]")  # one after another would take 4x one prompt

@@ -136,7 +136,7 @@ class Settings(BaseSettings):
         "and API keys (changes made by another process, such as the CLI, show up this late).")
     engine_dead_exit_delay: float = setting(
         2.0, ge=0, help="Seconds the server keeps answering 503 engine_unavailable after its "
-        "engine process died, before it exits with status 3 so its supervisor restarts it.")
+        "engine process died, before it exits with status 75 so its supervisor restarts it.")
     adapter_wait_timeout: float = setting(
         30.0, ge=0, help="Seconds a request waits for an adapter slot while every resident "
         "adapter is busy or pinned, before a 503.")

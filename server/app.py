@@ -200,14 +200,14 @@ def create_app(config: ServerConfig, *, engine, registry: Registry, router: Rout
     return app
 
 
-ENGINE_DEAD_EXIT = 3
+ENGINE_DEAD_EXIT = 75  # EX_TEMPFAIL: try again (uvicorn itself exits 3 on a failed start)
 
 
 async def _watch_engine(app: FastAPI, engine, exit_delay: float, every: float = 0.5) -> None:
     """The engine core is another process and can die under us (out of memory, a kernel
     crash). Then every request fails, so the process should not look healthy: /health and
     /ready answer 503 at once, requests get a retryable 503, and after `exit_delay` seconds
-    the server exits with status 3 so a supervisor (systemd, Kubernetes, Docker) restarts
+    the server exits with status 75 so a supervisor (systemd, Kubernetes, Docker) restarts
     it. We do not restart the engine in-process: a fresh process is the one state we know."""
     while engine.running or not app.state.ready:
         await asyncio.sleep(every)

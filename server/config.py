@@ -35,6 +35,6 @@ class ServerConfig:
     # Seconds a request waits for an adapter slot when every resident adapter is busy or
     # pinned, before it gets a 503.
     adapter_wait_timeout: float
-    # After the engine process dies: seconds of 503s, then exit status 3 (see server/app.py).
+    # After the engine process dies: seconds of 503s, then exit status 75 (see server/app.py).
     engine_dead_exit_delay: float
     settings_summary: str  # printed at start-up

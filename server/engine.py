@@ -152,6 +152,9 @@ class GenParams:
     min_p: float
     logit_bias: dict[int, float] | None
     stop_token_ids: Sequence[int]
+    # Constrained decoding, vLLM's structured-output kinds: {"json": schema},
+    # {"json_object": True}, {"regex": ...} or {"choice": [...]}; None: free text.
+    structured: dict | None
 
 
 @dataclass
@@ -178,6 +181,10 @@ class EngineOutput:
     prompt_tokens: int
     choices: list[ChoiceDelta]
     finished: bool
+
+
+def _structured(spec: dict | None, cls):
+    return cls(**spec) if spec else None
 
 
 def _write_zero_adapter(model_dir: Path, target: Path, rank: int) -> None:
@@ -253,7 +260,14 @@ class Engine:
                      "uses vLLM's ops)")
         else:
             os.environ.pop(CPU_LORA_OPS_ENV, None)
+        from vllm.config import StructuredOutputsConfig
+
+        # JSON is decoded compact (no whitespace between tokens) and by llguidance: with
+        # whitespace allowed, an unsure model fills max_tokens with it, and xgrammar lets raw
+        # control characters into strings (docs/engine-notes.md#structured-json).
         args = AsyncEngineArgs(
+            structured_outputs_config=StructuredOutputsConfig(
+                backend="guidance", disable_any_whitespace=True),
             model=str(cfg.model), enable_lora=True, max_loras=cfg.max_loras,
             max_lora_rank=cfg.max_lora_rank, max_cpu_loras=cfg.max_cpu_loras,
             max_model_len=cfg.max_model_len, max_num_seqs=cfg.max_num_seqs,
@@ -312,7 +326,7 @@ class Engine:
         from vllm import SamplingParams
         from vllm.exceptions import VLLMValidationError
         from vllm.lora.request import LoRARequest
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
         from vllm.v1.engine.exceptions import EngineDeadError
 
         if not self.running:
@@ -328,6 +342,7 @@ class Engine:
                 repetition_penalty=params.repetition_penalty, top_k=params.top_k,
                 min_p=params.min_p, logit_bias=params.logit_bias,
                 stop_token_ids=list(params.stop_token_ids) or None,
+                structured_outputs=_structured(params.structured, StructuredOutputsParams),
                 output_kind=RequestOutputKind.DELTA if params.stream else RequestOutputKind.FINAL_ONLY,
             )
         except (VLLMValidationError, ValueError) as exc:

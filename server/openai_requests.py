@@ -13,7 +13,7 @@ and the tokenizer would fail on them with a 500).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 from pydantic_core import PydanticCustomError
@@ -44,11 +44,11 @@ NOOP: dict[str, tuple[Any, ...]] = {
     "tools": (None, []), "tool_choice": (None, "none"), "parallel_tool_calls": (None, True, False),
     "reasoning_effort": (None,), "verbosity": (None,), "metadata": (None, {}),
     "store": (None, False), "service_tier": (None, "auto", "default"),
-    "prompt_cache_key": (None,), "response_format": (None, {"type": "text"}),
+    "prompt_cache_key": (None,),
     "suffix": (None, ""),
 }
 VLLM_EXTENSIONS = ("top_k", "min_p", "repetition_penalty", "stop_token_ids", "min_tokens",
-                   "ignore_eos", "return_token_ids")
+                   "ignore_eos", "return_token_ids", "structured_outputs")
 
 
 def check_strings(value: Any, where: str = "") -> None:
@@ -72,6 +72,51 @@ def check_strings(value: Any, where: str = "") -> None:
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     include_usage: StrictBool = False
+
+
+class JSONSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's `response_format`: text, JSON mode, or JSON that validates against a schema."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_iff_json_schema(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("`json_schema` is required with type json_schema, and only then")
+        return self
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's extension: constrain the output to a regex, one of some strings, or a schema."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    regex: str | None = Field(default=None, min_length=1, max_length=4096)
+    choice: list[Annotated[str, Field(min_length=1)]] | None = \
+        Field(default=None, min_length=1, max_length=256)
+    json_: dict[str, Any] | None = Field(default=None, alias="json")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StructuredOutputs:
+        if sum(x is not None for x in (self.regex, self.choice, self.json_)) != 1:
+            raise ValueError("give exactly one of `regex`, `choice`, `json`")
+        return self
+
+    def engine(self) -> dict:
+        if self.regex is not None:
+            return {"regex": self.regex}
+        if self.choice is not None:
+            return {"choice": list(self.choice)}
+        return {"json": self.json_}
 
 
 class _Request(BaseModel):
@@ -118,6 +163,7 @@ class _SamplingFields(_Request):
     repetition_penalty: Number | None = Field(default=None, gt=0.0, le=10.0)
     stop_token_ids: list[Annotated[int, Field(strict=True, ge=0, le=2**31 - 1)]] | None = \
         Field(default=None, max_length=LIMITS["stop_token_ids"])
+    structured_outputs: StructuredOutputs | None = None
     return_token_ids: StrictBool = False  # each choice also carries its generated token ids
     min_tokens: StrictInt = Field(default=0, ge=0, le=1_000_000)
     ignore_eos: StrictBool = False
@@ -126,6 +172,10 @@ class _SamplingFields(_Request):
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def structured(self) -> dict | None:
+        """The engine's constraint for this request, or None for free text."""
+        return self.structured_outputs.engine() if self.structured_outputs else None
 
     def unit(self) -> str | None:
         """The experiment unit the body names: `user`, else OpenAI's `safety_identifier`."""
@@ -137,6 +187,24 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
     logprobs: StrictBool = False
     top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
+    response_format: ResponseFormat | None = None
+
+    @model_validator(mode="after")
+    def _one_constraint(self) -> ChatCompletionRequest:
+        fmt = self.response_format
+        if fmt is not None and fmt.type != "text" and self.structured_outputs is not None:
+            raise PydanticCustomError("unsupported_parameter", "give either response_format or "
+                                      "structured_outputs, not both", {"param": "response_format"})
+        return self
+
+    def structured(self) -> dict | None:
+        fmt = self.response_format
+        if fmt is None or fmt.type == "text":
+            return super().structured()
+        if fmt.type == "json_object":
+            return {"json_object": True}
+        assert fmt.json_schema is not None
+        return {"json": fmt.json_schema.schema_ or {"type": "object"}}
 
 
 class CompletionRequest(_SamplingFields):

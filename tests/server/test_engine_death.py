@@ -1,5 +1,5 @@
 """When the engine process dies: /health and /ready answer 503, requests get a retryable 503
-`engine_unavailable`, and the server exits with status 3 for its supervisor to restart it."""
+`engine_unavailable`, and the server exits with status 75 (EX_TEMPFAIL) for its supervisor to restart it."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def engine_processes(pid: int) -> list[psutil.Process]:
     return found
 
 
-def test_killing_the_engine_gives_503s_then_exit_status_3(server_lifecycle, embedded_base,
+def test_killing_the_engine_gives_503s_then_exit_status_75(server_lifecycle, embedded_base,
                                                           tmp_path, base_id):
     start, stop = server_lifecycle
     s = start(tmp_path / "home", embedded_base, LORASWAP_ENGINE_DEAD_EXIT_DELAY="5")
@@ -48,6 +48,6 @@ def test_killing_the_engine_gives_503s_then_exit_status_3(server_lifecycle, embe
         r = httpx.post(s.v1 + "/chat/completions", json=body, timeout=30)
         assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable"
         assert r.headers["retry-after"] == "1"
-        assert s.proc.wait(60) == 3
+        assert s.proc.wait(60) == 75
     finally:
         stop(s)

@@ -154,6 +154,7 @@ def create_app(config: ServerConfig, *, engine, registry: Registry, router: Rout
             yield
         finally:
             state.ready = False
+            reconciler.stopped = True
             reconcile.cancel()
             watchdog.cancel()
             router.close()  # flushes the request log first

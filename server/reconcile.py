@@ -31,6 +31,7 @@ class Reconciler:
         self.router = router
         self.keys = keys
         self.residency = residency
+        self.stopped = False  # set at shutdown: a refresh still running then may hit closed dbs
 
     def refresh_tables(self) -> None:
         """Blocking: SQL. Start-up calls it directly; the loop calls it in a thread."""
@@ -66,4 +67,5 @@ class Reconciler:
             try:
                 await self.once()
             except Exception:  # keep reconciling; a locked database is a transient thing
-                log.exception("reconcile failed")
+                if not self.stopped:
+                    log.exception("reconcile failed")

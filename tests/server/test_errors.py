@@ -72,9 +72,14 @@ def test_bad_input(server, registered, base_id, name, route, body, status, code,
     assert_good_request_works(server, base_id)
 
 
-def test_unknown_fields_ignored_on_openai_routes(server, base_id):
+def test_unknown_fields_refused_on_openai_routes(server, base_id):
+    """Ignoring a field would break its client silently; honoured ones still pass."""
     r = httpx.post(server.v1 + "/chat/completions", timeout=60,
                    json=chat(base_id, max_tokens=2, frequency_penalty=0.5, foo={"bar": 1}))
+    assert r.status_code == 400 and r.json()["error"]["code"] == "unknown_parameter"
+    assert r.json()["error"]["param"] == "foo"
+    r = httpx.post(server.v1 + "/chat/completions", timeout=60,
+                   json=chat(base_id, max_tokens=2, frequency_penalty=0.5))
     assert r.status_code == 200, r.text
 
 

@@ -102,6 +102,13 @@ def m001_initial(db: Database) -> None:
     db.execute("CREATE INDEX feedback_other ON feedback(other_request_id)")
 
 
+@migrations()
+def m002_request_outputs(db: Database) -> None:
+    # Every choice's text, for requests with several prompts or n > 1 (JSON list; retained
+    # like `output`, which keeps the first choice's text for the export).
+    db.execute("ALTER TABLE requests ADD COLUMN outputs TEXT")
+
+
 def open_db(path: Path) -> Database:
     """The shared file with the router's tables migrated (common.sqlite.open_db).
 

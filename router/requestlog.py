@@ -52,7 +52,8 @@ class RequestRecord:
     completion_tokens: int | None = None
     finish_reason: str | None = None
     prompt: list[dict] | str | None = None  # chat messages or the text prompt
-    output: str | None = None  # the first choice's text
+    output: str | None = None  # the first choice's text (of the first prompt)
+    outputs: list[str] | None = None  # every choice's text, when there is more than one
     ts: float = field(default_factory=time.time)  # when the request arrived, unix seconds
 
     def row(self, retain: bool) -> tuple:
@@ -67,14 +68,15 @@ class RequestRecord:
             route.unit if route else self.user, self.user, self.api_key_id, self.endpoint,
             self.status_code, self.latency_ms, self.prompt_tokens, self.completion_tokens,
             self.finish_reason, prompt, self.output if retain else None,
+            json.dumps(self.outputs, ensure_ascii=False) if retain and self.outputs else None,
         )
 
 
 _INSERT = (
     "INSERT OR IGNORE INTO requests (id, ts, alias, experiment_id, variant, exposed, "
     "model_served, unit, user, api_key_id, endpoint, status_code, latency_ms, prompt_tokens, "
-    "completion_tokens, finish_reason, prompt, output) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "completion_tokens, finish_reason, prompt, output, outputs) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 

@@ -76,6 +76,40 @@ def finish_reason(reason: str | None) -> str | None:
     return reason
 
 
+@dataclass
+class RequestBook:
+    """What one HTTP request did, across its prompts and choices."""
+
+    target: Target
+    endpoint: str
+    prompt: list[dict] | str | list[str] | None
+    arrived: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.monotonic)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    texts: dict[tuple[int, int], str] = field(default_factory=dict)  # (prompt, choice) -> text
+    finish0: str | None = None
+    status: int = 200
+
+    def add(self, p: int, c: ChoiceDelta) -> None:
+        self.completion_tokens += len(c.token_ids)
+        self.texts[(p, c.index)] = self.texts.get((p, c.index), "") + c.text
+        if (p, c.index) == (0, 0) and c.finish_reason:
+            self.finish0 = c.finish_reason
+
+    def record(self) -> RequestRecord:
+        t = self.target
+        texts = [self.texts[k] for k in sorted(self.texts)]
+        return RequestRecord(
+            request_id=t.request_id, model=t.requested, served=t.model_id, route=t.route,
+            user=t.user, api_key_id=t.api_key_id, endpoint=self.endpoint,
+            status_code=self.status, latency_ms=(time.monotonic() - self.started) * 1000,
+            prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+            finish_reason=finish_reason(self.finish0), prompt=self.prompt,
+            output=self.texts.get((0, 0), ""), outputs=texts if len(texts) > 1 else None,
+            ts=self.arrived)
+
+
 class ServingBase:
     endpoint = "base"
     log_endpoint = "base"  # the request log's name for it
@@ -159,17 +193,16 @@ class ServingBase:
         return ids
 
     async def outputs(self, target: Target, prompt_ids: list[int], params: GenParams,
-                      prompt: list[dict] | str | None = None) -> AsyncIterator[EngineOutput]:
-        """Engine outputs for one prompt, with the adapter held, the metrics kept and the
-        request logged (`prompt` is kept in the log only when retention is on)."""
+                      book: RequestBook, p: int = 0) -> AsyncIterator[EngineOutput]:
+        """Engine outputs for prompt `p` of a request, with the adapter held, the metrics kept
+        and every choice's text noted in the request's `book` (logged once, at its end)."""
         rid = uuid.uuid4().hex
         self.metrics.inference.labels(target.model_id, self.endpoint, str(params.stream)).inc()
         self.metrics.in_flight.inc()
-        arrived = time.time()
         started = time.monotonic()
         first = True
         completion = 0
-        text0, finish0, status = "", None, 200
+        book.prompt_tokens += len(prompt_ids)
         try:
             async with self.residency.hold(target.version):
                 async for out in self.engine.generate(rid, prompt_ids, params,
@@ -180,36 +213,35 @@ class ServingBase:
                         first = False
                     completion += n_new
                     for c in out.choices:
-                        if c.index == 0:
-                            text0 += c.text
-                            finish0 = c.finish_reason or finish0
+                        book.add(p, c)
                     yield out
         except BaseException as exc:
-            status = describe(exc)[0] if isinstance(exc, Exception) else 499
+            book.status = describe(exc)[0] if isinstance(exc, Exception) else 499
             raise
         finally:
             self.metrics.in_flight.dec()
             self.metrics.prompt_tokens.inc(len(prompt_ids))
             self.metrics.completion_tokens.inc(completion)
             self.metrics.latency.labels(self.endpoint).observe(time.monotonic() - started)
-            log.info("request_id=%s model=%s requested=%s user=%s prompt_tokens=%d "
-                     "completion_tokens=%d latency_ms=%.0f", target.request_id, target.model_id,
-                     target.requested, target.user or "-",
-                     len(prompt_ids), completion, (time.monotonic() - started) * 1000)
-            if self.request_log is not None:
-                self.request_log(RequestRecord(
-                    request_id=target.request_id, model=target.requested, served=target.model_id,
-                    route=target.route, user=target.user, api_key_id=target.api_key_id,
-                    endpoint=self.log_endpoint, status_code=status,
-                    latency_ms=(time.monotonic() - started) * 1000,
-                    prompt_tokens=len(prompt_ids), completion_tokens=completion,
-                    finish_reason=finish_reason(finish0), prompt=prompt, output=text0,
-                    ts=arrived))
+
+    def book(self, target: Target, prompt: list[dict] | str | list[str] | None) -> RequestBook:
+        return RequestBook(target, self.log_endpoint, prompt)
+
+    def log(self, book: RequestBook) -> None:
+        """One log line and one request-log record per HTTP request, whatever its prompts
+        and choices (`prompt` and outputs are stored only when retention is on)."""
+        record = book.record()
+        log.info("request_id=%s model=%s requested=%s user=%s prompt_tokens=%d "
+                 "completion_tokens=%d latency_ms=%.0f", record.request_id, record.served,
+                 record.model, record.user or "-", record.prompt_tokens,
+                 record.completion_tokens, record.latency_ms)
+        if self.request_log is not None:
+            self.request_log(record)
 
     async def collect(self, target: Target, prompt_ids: list[int], params: GenParams,
-                      prompt: list[dict] | str | None = None) -> list[Accumulated]:
+                      book: RequestBook, p: int = 0) -> list[Accumulated]:
         acc = [Accumulated() for _ in range(params.n)]
-        async for out in self.outputs(target, prompt_ids, params, prompt):
+        async for out in self.outputs(target, prompt_ids, params, book, p):
             for c in out.choices:
                 acc[c.index].add(c)
         return acc

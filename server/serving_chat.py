@@ -22,7 +22,7 @@ from server.protocol import (
     TopLogprob,
     now,
 )
-from server.serving_base import RequestMeta, ServingBase, finish_reason, sse
+from server.serving_base import RequestBook, RequestMeta, ServingBase, finish_reason, sse
 from server.serving_models import Target
 
 __all__ = ["ServingChat"]
@@ -68,9 +68,13 @@ class ServingChat(ServingBase):
                 await self.residency.ensure_loaded(target.version)
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(self._stream(cid, target, ids, params, include_usage,
-                                                  messages),
+                                                  self.book(target, messages)),
                                      media_type="text/event-stream", headers=target.headers())
-        acc = await self.unless_disconnected(meta, self.collect(target, ids, params, messages))
+        book = self.book(target, messages)
+        try:
+            acc = await self.unless_disconnected(meta, self.collect(target, ids, params, book))
+        finally:
+            self.log(book)
         body = ChatCompletionResponse(
             id=cid, created=now(), model=target.model_id,
             choices=[ChatChoice(index=i, message=AssistantMessage(content=a.text),
@@ -82,7 +86,7 @@ class ServingChat(ServingBase):
         return JSONResponse(body.model_dump(mode="json"), headers=target.headers())
 
     async def _stream(self, cid: str, target: Target, ids: list[int], params: GenParams,
-                      include_usage: bool, messages: list[dict[str, str]]) -> AsyncIterator[str]:
+                      include_usage: bool, book: RequestBook) -> AsyncIterator[str]:
         created = now()
 
         def chunk(choices: list[ChunkChoice], usage=None) -> str:
@@ -93,7 +97,7 @@ class ServingChat(ServingBase):
         try:
             for i in range(params.n):
                 yield chunk([ChunkChoice(index=i, delta=Delta(role="assistant", content=""))])
-            async for out in self.outputs(target, ids, params, messages):
+            async for out in self.outputs(target, ids, params, book):
                 for c in out.choices:
                     completion += len(c.token_ids)
                     if not c.text and not c.finish_reason:
@@ -106,4 +110,6 @@ class ServingChat(ServingBase):
                 yield chunk([], self.usage(len(ids), completion))
         except Exception as exc:
             yield self.stream_error(exc)
+        finally:
+            self.log(book)
         yield sse("[DONE]")

@@ -17,7 +17,7 @@ from server.protocol import (
     CompletionResponse,
     now,
 )
-from server.serving_base import RequestMeta, ServingBase, finish_reason, sse
+from server.serving_base import RequestBook, RequestMeta, ServingBase, finish_reason, sse
 from server.serving_models import Target
 
 __all__ = ["ServingCompletions"]
@@ -62,6 +62,11 @@ class ServingCompletions(ServingBase):
             out.append((t, ids))
         return out
 
+    @staticmethod
+    def _logged_prompt(prompts: list[tuple[str, list[int]]]) -> str | list[str]:
+        texts = [text for text, _ in prompts]
+        return texts[0] if len(texts) == 1 else texts
+
     async def create(self, req: CompletionRequest, meta: RequestMeta):
         target = self.target(req.model, req.user, meta)
         prompts = self.prompts(req)
@@ -84,13 +89,18 @@ class ServingCompletions(ServingBase):
             if target.version is not None:
                 await self.residency.ensure_loaded(target.version)
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            book = self.book(target, self._logged_prompt(prompts))
             return StreamingResponse(self._stream(cid, target, prompts, params, req.echo,
-                                                  include_usage),
+                                                  include_usage, book),
                                      media_type="text/event-stream", headers=headers)
         # Every prompt at once: the engine batches them.
-        results = await self.unless_disconnected(meta, asyncio.gather(*(
-            self.collect(target, ids, gp, text)
-            for (text, ids), gp in zip(prompts, params, strict=True))))
+        book = self.book(target, self._logged_prompt(prompts))
+        try:
+            results = await self.unless_disconnected(meta, asyncio.gather(*(
+                self.collect(target, ids, gp, book, p)
+                for p, ((_text, ids), gp) in enumerate(zip(prompts, params, strict=True)))))
+        finally:
+            self.log(book)
         choices, prompt_tokens, completion_tokens = [], 0, 0
         for p, ((text, ids), acc) in enumerate(zip(prompts, results, strict=True)):
             prompt_tokens += len(ids)
@@ -112,7 +122,7 @@ class ServingCompletions(ServingBase):
 
     async def _stream(self, cid: str, target: Target, prompts: list[tuple[str, list[int]]],
                       params: list[GenParams], echo: bool, include_usage: bool,
-                      ) -> AsyncIterator[str]:
+                      book: RequestBook) -> AsyncIterator[str]:
         created = now()
 
         def chunk(choices: list[CompletionChoice], usage=None) -> str:
@@ -128,7 +138,7 @@ class ServingCompletions(ServingBase):
                 if echo:
                     for j in range(gp.n):
                         yield chunk([CompletionChoice(index=p * gp.n + j, text=text)])
-                async for out in self.outputs(target, ids, gp, text):
+                async for out in self.outputs(target, ids, gp, book, p):
                     for c in out.choices:
                         completion += len(c.token_ids)
                         if not c.text and not c.finish_reason:
@@ -143,4 +153,6 @@ class ServingCompletions(ServingBase):
                 yield chunk([], self.usage(prompt_tokens, completion))
         except Exception as exc:
             yield self.stream_error(exc)
+        finally:
+            self.log(book)
         yield sse("[DONE]")

@@ -148,3 +148,20 @@ def test_multi_prompt_completions_run_concurrently(inprocess, tiny_loras):
         took = time.monotonic() - started
     assert r.status_code == 200 and [c["text"] for c in r.json()["choices"]] == ["[base]"] * 4
     assert took < 3 * 0.05 * len("[base]")  # one after another would take 4x one prompt
+
+
+def test_every_prompt_and_choice_reaches_the_request_log(inprocess):
+    import sqlite3
+
+    parts = inprocess(log_all=True, retention=True)
+    with TestClient(parts.app) as http:
+        r = http.post("/v1/completions", json={"model": "loraswap-base", "max_tokens": 3,
+                                               "prompt": ["a", "b"], "n": 2, "temperature": 1})
+        assert r.status_code == 200 and len(r.json()["choices"]) == 4
+        rid = r.headers["x-request-id"]
+        parts.router.flush()
+    row = sqlite3.connect(parts.config.db_path).execute(
+        "SELECT prompt, output, outputs, completion_tokens FROM requests WHERE id = ?",
+        [rid]).fetchone()
+    assert json.loads(row[0]) == ["a", "b"] and row[1] == "[ba"
+    assert json.loads(row[2]) == ["[ba"] * 4 and row[3] == 12

@@ -247,7 +247,15 @@ class Registry:
                 f"SELECT * FROM adapters WHERE status IN ({marks}) ORDER BY name, version",
                 list(statuses),
             ))
-        return [self._version(r) for r in rows]
+            # One query for every version's checksums (the server re-lists every interval).
+            files: dict[int, dict[str, str]] = {}
+            for r in self.db.query(
+                f"SELECT f.adapter_id, f.file, f.sha256 FROM adapter_files f JOIN adapters a "
+                f"ON a.id = f.adapter_id WHERE a.status IN ({marks}) ORDER BY f.file",
+                list(statuses),
+            ):
+                files.setdefault(r["adapter_id"], {})[r["file"]] = r["sha256"]
+        return [self._version(r, files.get(r["id"], {})) for r in rows]
 
     def archive(self, ref: str) -> AdapterVersion:
         """Keep the version (lineage, experiments' history) but stop serving it."""
@@ -339,15 +347,16 @@ class Registry:
         with self._lock:
             return next(self.db.query("SELECT * FROM adapters WHERE id = ?", [adapter_id]))
 
-    def _version(self, row: dict) -> AdapterVersion:
-        with self._lock:
-            files = {
-                r["file"]: r["sha256"]
-                for r in self.db.query(
-                    "SELECT file, sha256 FROM adapter_files WHERE adapter_id = ? ORDER BY file",
-                    [row["id"]],
-                )
-            }
+    def _version(self, row: dict, files: dict[str, str] | None = None) -> AdapterVersion:
+        if files is None:
+            with self._lock:
+                files = {
+                    r["file"]: r["sha256"]
+                    for r in self.db.query(
+                        "SELECT file, sha256 FROM adapter_files WHERE adapter_id = ? "
+                        "ORDER BY file", [row["id"]],
+                    )
+                }
         return AdapterVersion(
             id=row["id"], name=row["name"], version=row["version"],
             path=self.store_dir / row["path"], status=row["status"], rank=row["rank"],

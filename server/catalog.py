@@ -74,11 +74,12 @@ class ModelCatalog:
         return v is not None and v.status == "active"
 
     def put(self, version: AdapterVersion) -> None:
-        """A write made in this process (register, archive, delete): visible at once."""
-        others = [v for v in self._snap.versions.values() if v.id != version.id]
-        if version.status != "deleted":
-            others.append(version)
-        self._snap = _build(others)
+        """A write made in this process (register, archive): visible at once."""
+        self._snap = _build([*self._others(version), version])
 
     def drop(self, version: AdapterVersion) -> None:
-        self._snap = _build(v for v in self._snap.versions.values() if v.id != version.id)
+        """A delete made in this process."""
+        self._snap = _build(self._others(version))
+
+    def _others(self, version: AdapterVersion) -> list[AdapterVersion]:
+        return [v for v in self._snap.versions.values() if v.id != version.id]

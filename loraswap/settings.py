@@ -134,6 +134,11 @@ class Settings(BaseSettings):
     reconcile_interval: float = setting(
         0.5, gt=0, help="Seconds between the server's re-reads of the registry, experiments "
         "and API keys (changes made by another process, such as the CLI, show up this late).")
+    tool_call_parser: str = setting(
+        "hermes", help="vLLM's tool-call parser for `tool_choice: \"auto\"`: the format the "
+        "base model (and its adapters) write calls in. `hermes` (`<tool_call>` JSON, also "
+        "Qwen 2.5/3) suits the embedded base; `llama3_json`, `mistral`, `pythonic` and vLLM's "
+        "other names work too. Empty: `auto` is refused; forced calls still work.")
     engine_dead_exit_delay: float = setting(
         2.0, ge=0, help="Seconds the server keeps answering 503 engine_unavailable after its "
         "engine process died, before it exits with status 75 so its supervisor restarts it.")

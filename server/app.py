@@ -138,7 +138,8 @@ def create_app(config: ServerConfig, *, engine, registry: Registry, router: Rout
         tok = tokenizer if tokenizer is not None else _load_tokenizer(config)
         state.residency, state.models = residency, models
         serving = (models, residency, engine, tok, metrics, config.max_model_len, config.max_n)
-        state.chat = ServingChat(*serving, request_log=router.log_request)
+        state.chat = ServingChat(*serving, request_log=router.log_request,
+                                 tool_call_parser=config.tool_call_parser)
         state.completions = ServingCompletions(*serving, request_log=router.log_request)
         if config.eager_load:
             await _load_all(residency, catalog)

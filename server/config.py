@@ -37,4 +37,6 @@ class ServerConfig:
     adapter_wait_timeout: float
     # After the engine process dies: seconds of 503s, then exit status 75 (see server/app.py).
     engine_dead_exit_delay: float
+    # vLLM's tool-call parser for tool_choice="auto"; "" refuses auto (server/engine_tools.py).
+    tool_call_parser: str
     settings_summary: str  # printed at start-up

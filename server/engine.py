@@ -130,6 +130,10 @@ class EngineConfig:
     cpu_lora_kernels: bool
 
 
+# vLLM's default step budget on CPU; without chunked prefill it must hold a whole prompt.
+CPU_BATCHED_TOKENS = 2048
+
+
 @dataclass(frozen=True)
 class GenParams:
     """One request's sampling, in our words, so serving code never builds vLLM's classes.
@@ -155,6 +159,8 @@ class GenParams:
     # Constrained decoding, vLLM's structured-output kinds: {"json": schema},
     # {"json_object": True}, {"regex": ...} or {"choice": [...]}; None: free text.
     structured: dict | None
+    # False when a tool-call parser needs tags the tokenizer marks special (server/engine_tools.py)
+    skip_special_tokens: bool
 
 
 @dataclass
@@ -265,7 +271,13 @@ class Engine:
         # JSON is decoded compact (no whitespace between tokens) and by llguidance: with
         # whitespace allowed, an unsure model fills max_tokens with it, and xgrammar lets raw
         # control characters into strings (docs/engine-notes.md#structured-json).
+        # On CPU, chunked prefill is off: a prompt split across steps with a `seed` kills the
+        # engine core (docs/engine-notes.md#seeded-chunked-prefill).
+        chunking = {} if not self.is_cpu else dict(
+            enable_chunked_prefill=False,
+            max_num_batched_tokens=max(cfg.max_model_len, CPU_BATCHED_TOKENS))
         args = AsyncEngineArgs(
+            **chunking,
             structured_outputs_config=StructuredOutputsConfig(
                 backend="guidance", disable_any_whitespace=True),
             model=str(cfg.model), enable_lora=True, max_loras=cfg.max_loras,
@@ -343,6 +355,7 @@ class Engine:
                 min_p=params.min_p, logit_bias=params.logit_bias,
                 stop_token_ids=list(params.stop_token_ids) or None,
                 structured_outputs=_structured(params.structured, StructuredOutputsParams),
+                skip_special_tokens=params.skip_special_tokens,
                 output_kind=RequestOutputKind.DELTA if params.stream else RequestOutputKind.FINAL_ONLY,
             )
         except (VLLMValidationError, ValueError) as exc:

@@ -200,6 +200,7 @@ def _validation_error(exc: RequestValidationError) -> InvalidRequest:
         return InvalidRequest(first.get("msg", "invalid request"), param=named,
                               code=first["type"])
     msg = first.get("msg", "invalid request")
+    param = param or ctx.get("param")  # a rule across fields names the one it blames
     if param:
         msg = f"Invalid value for '{param}': {msg}"
     return InvalidRequest(msg, param=param)

@@ -18,7 +18,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 from pydantic_core import PydanticCustomError
 
-from common.chat import ChatMessage
+from common.chat import FUNCTION_NAME, ChatMessage
+from server.tool_calls import forced_schema
 
 __all__ = [
     "LIMITS",
@@ -35,13 +36,12 @@ Int64 = Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
 
 # Documented bounds (docs/server.md); OpenAI's own where it has one.
 LIMITS = {"stop": 4, "stop_chars": 256, "messages": 2048, "stop_token_ids": 64,
-          "logit_bias": 300, "request_bytes": 8 * 1024 * 1024}
+          "logit_bias": 300, "tools": 128, "request_bytes": 8 * 1024 * 1024}
 
 # OpenAI fields we do not implement -> the values that ask for nothing (accepted, no effect).
 NOOP: dict[str, tuple[Any, ...]] = {
     "audio": (None,), "modalities": (None, ["text"]), "prediction": (None,),
     "web_search_options": (None,), "functions": (None, []), "function_call": (None, "none"),
-    "tools": (None, []), "tool_choice": (None, "none"), "parallel_tool_calls": (None, True, False),
     "reasoning_effort": (None,), "verbosity": (None,), "metadata": (None, {}),
     "store": (None, False), "service_tier": (None, "auto", "default"),
     "prompt_cache_key": (None,),
@@ -119,6 +119,31 @@ class StructuredOutputs(BaseModel):
         return {"json": self.json_}
 
 
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=FUNCTION_NAME)
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: FunctionName
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -188,16 +213,57 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: StrictBool = False
     top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
+    tools: list[ToolDefinition] | None = Field(default=None, max_length=LIMITS["tools"])
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
 
     @model_validator(mode="after")
     def _one_constraint(self) -> ChatCompletionRequest:
-        fmt = self.response_format
-        if fmt is not None and fmt.type != "text" and self.structured_outputs is not None:
+        formatted = self.response_format is not None and self.response_format.type != "text"
+        if formatted and self.structured_outputs is not None:
             raise PydanticCustomError("unsupported_parameter", "give either response_format or "
                                       "structured_outputs, not both", {"param": "response_format"})
+        names = [t.function.name for t in self.tools or ()]
+        if len(set(names)) != len(names):
+            raise PydanticCustomError("invalid_value", "tool names must be unique",
+                                      {"param": "tools"})
+        mode = self.tool_mode()
+        if mode in ("required", "named") and not names:
+            raise PydanticCustomError("invalid_value", "tool_choice {choice!r} needs `tools`",
+                                      {"param": "tool_choice", "choice": mode})
+        if mode == "named" and self.forced_name() not in names:
+            raise PydanticCustomError(
+                "invalid_value", "tool_choice names the function {name!r}, which is not in "
+                "`tools`", {"param": "tool_choice", "name": self.forced_name()})
+        if mode in ("required", "named") and (formatted or self.structured_outputs):
+            raise PydanticCustomError(
+                "unsupported_parameter", "a forced tool call constrains the output itself; "
+                "drop response_format / structured_outputs", {"param": "tool_choice"})
         return self
 
+    def tool_mode(self) -> str:
+        """none, auto, required or named; OpenAI's default is auto when tools are given."""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return "named"
+        if self.tool_choice is not None:
+            return self.tool_choice if self.tools or self.tool_choice != "auto" else "none"
+        return "auto" if self.tools else "none"
+
+    def forced_name(self) -> str | None:
+        return self.tool_choice.function.name if isinstance(self.tool_choice, NamedToolChoice) \
+            else None
+
+    def tool_dicts(self) -> list[dict[str, Any]] | None:
+        """The tools as the chat template takes them (OpenAI's JSON)."""
+        if not self.tools:
+            return None
+        return [t.model_dump(exclude_none=True) for t in self.tools]
+
     def structured(self) -> dict | None:
+        if self.tool_mode() in ("required", "named"):
+            assert self.tools
+            return {"json": forced_schema([t.function.model_dump() for t in self.tools],
+                                          self.forced_name(), self.parallel_tool_calls)}
         fmt = self.response_format
         if fmt is None or fmt.type == "text":
             return super().structured()

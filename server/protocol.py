@@ -29,6 +29,7 @@ __all__ = [
     "CompletionChoice",
     "CompletionRequest",
     "CompletionResponse",
+    "DeltaToolCall",
     "ContentPart",
     "EngineView",
     "ErrorBody",
@@ -38,6 +39,7 @@ __all__ = [
     "RegisterFromPath",
     "ResidencyView",
     "StreamOptions",
+    "ToolCall",
     "Usage",
     "now",
 ]
@@ -82,9 +84,21 @@ class ChatLogprobs(BaseModel):
     content: list[TokenLogprobEntry]
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
+    tool_calls: list[ToolCall] | None = Field(default=None, exclude_if=_unset)
 
 
 class ChatChoice(BaseModel):
@@ -104,9 +118,25 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage
 
 
+class DeltaFunction(BaseModel):
+    name: str | None = Field(default=None, exclude_if=_unset)
+    arguments: str | None = Field(default=None, exclude_if=_unset)
+
+
+class DeltaToolCall(BaseModel):
+    """A piece of a streamed call: the first for an index has id, type and name; later
+    pieces add to `arguments`."""
+
+    index: int
+    id: str | None = Field(default=None, exclude_if=_unset)
+    type: Literal["function"] | None = Field(default=None, exclude_if=_unset)
+    function: DeltaFunction | None = Field(default=None, exclude_if=_unset)
+
+
 class Delta(BaseModel):
     role: Literal["assistant"] | None = Field(default=None, exclude_if=_unset)
     content: str | None = Field(default=None, exclude_if=_unset)
+    tool_calls: list[DeltaToolCall] | None = Field(default=None, exclude_if=_unset)
 
 
 class ChunkChoice(BaseModel):

@@ -170,7 +170,7 @@ class ServingBase:
                          top_k=0 if req.top_k in (None, -1) else req.top_k,
                          min_p=req.min_p or 0.0, logit_bias=self.logit_bias(req.logit_bias),
                          stop_token_ids=self.token_ids(req.stop_token_ids, "stop_token_ids"),
-                         structured=req.structured())
+                         structured=req.structured(), skip_special_tokens=True)
 
     def token_ids(self, ids: list[int] | None, param: str) -> tuple[int, ...]:
         vocab = len(self.tokenizer)

@@ -55,6 +55,9 @@ class FakeEngine:
         self.removes: list[str] = []
         self.running_requests = 0
         self._running = False
+        # Set to make every request answer this text (a tool call, say) instead of "[name]".
+        self.reply: str | None = None
+        self.requests: list[tuple[list[int], GenParams]] = []  # (prompt ids, params), in order
 
     async def start(self) -> None:
         self._running = True
@@ -92,7 +95,8 @@ class FakeEngine:
         name = "base" if adapter is None else adapter[0]
         if adapter is not None and adapter[1] not in self.loaded:
             raise AssertionError(f"{name} used while not loaded")
-        full = f"[{name}]"
+        self.requests.append((list(prompt_ids), params))
+        full = f"[{name}]" if self.reply is None else self.reply
         text, reason = full, "stop"
         for s in params.stop:
             if s and s in text:

@@ -7,7 +7,8 @@ counted in a report that is stored with the version.
 
 Formats (one JSON object per line):
 - SFT: chat `messages` (list of {role, content}, last turn from the assistant; roles and
-  content as the server accepts them, common/chat.py),
+  content as the server accepts them, common/chat.py, tool calls included), with optional
+  `tools` (OpenAI function definitions, as in OpenAI's fine-tuning format),
   `prompt` + `completion` (strings, or trl's conversational lists), or plain `text`.
 - DPO: `prompt` + `chosen` + `rejected` (strings or conversational lists).
 - KTO: `prompt` + `completion` + `label` (bool).
@@ -158,7 +159,8 @@ def _messages(value: Any, what: str, *, need_last_assistant: bool) -> list[dict[
         if not any(t["role"] == "user" for t in out[:-1]):
             raise _RowError("malformed-turns", f"`{what}` has no user turn before the assistant's")
         for i, turn in enumerate(out):
-            if turn["role"] == "assistant" and not turn["content"].strip():
+            if turn["role"] == "assistant" and not turn["content"].strip() \
+                    and not turn.get("tool_calls"):
                 raise _RowError("empty-answer", f"assistant turn `{what}[{i}]` is empty")
     return out
 
@@ -176,6 +178,18 @@ def _completion(value: Any, what: str) -> list[dict[str, str]]:
     return turns
 
 
+def _tools(value: Any) -> list[dict[str, Any]]:
+    """OpenAI's row-level `tools` (function definitions), rendered into the prompt by the
+    chat template exactly as the server renders a request's `tools`."""
+    if not isinstance(value, list) or not all(
+            isinstance(t, dict) and t.get("type", "function") == "function"
+            and isinstance(t.get("function"), dict)
+            and isinstance(t["function"].get("name"), str) for t in value):
+        raise _RowError("malformed-tools", "`tools` must be a list of "
+                        '{"type": "function", "function": {"name": ..., "parameters": ...}}')
+    return value
+
+
 def _missing(obj: dict, expected: str) -> _RowError:
     keys = ", ".join(sorted(obj)) or "none"
     return _RowError("missing-field", f"expected {expected}; the row has keys: {keys}")
@@ -187,7 +201,10 @@ def normalise(obj: Any, kind: str) -> dict[str, Any]:
         raise _RowError("not-an-object", f"each line must be a JSON object, got {type(obj).__name__}")
     if kind == "sft":
         if "messages" in obj:
-            return {"messages": _messages(obj["messages"], "messages", need_last_assistant=True)}
+            row = {"messages": _messages(obj["messages"], "messages", need_last_assistant=True)}
+            if obj.get("tools"):
+                row["tools"] = _tools(obj["tools"])
+            return row
         if "prompt" in obj and "completion" in obj:
             prompt = _messages(obj["prompt"], "prompt", need_last_assistant=False)
             return {"messages": prompt + _completion(obj["completion"], "completion")}

@@ -19,8 +19,10 @@ __all__ = ["IGNORE", "collate", "encode_row", "render_prompt"]
 IGNORE = -100
 
 
-def render_prompt(tokenizer, messages: Sequence[dict[str, str]]) -> str:
-    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+def render_prompt(tokenizer, messages: Sequence[dict], tools: Sequence[dict] | None = None
+                  ) -> str:
+    return tokenizer.apply_chat_template(list(messages), tools=list(tools) if tools else None,
+                                         tokenize=False, add_generation_prompt=True)
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -38,13 +40,14 @@ def encode_row(tokenizer, row: Row) -> tuple[list[int], list[int]]:
         messages = row.data["messages"]
     else:  # preference rows: the desirable reply (DPO's chosen, KTO's completion)
         messages = row.data["prompt"] + row.data.get("chosen", row.data.get("completion", []))
+    tools = row.data.get("tools") or None
     ids: list[int] = []
     labels: list[int] = []
     rendered = ""
     for i, turn in enumerate(messages):
         if turn["role"] == "assistant":
-            prefix = render_prompt(tokenizer, messages[:i])
-            full = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+            prefix = render_prompt(tokenizer, messages[:i], tools)
+            full = tokenizer.apply_chat_template(messages[: i + 1], tools=tools, tokenize=False)
             if not prefix.startswith(rendered) or not full.startswith(prefix):
                 raise ValueError(
                     f"line {row.line}: the chat template does not render turns incrementally; "

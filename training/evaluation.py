@@ -72,7 +72,8 @@ def taskworld_examples(rows: Sequence[Row], task: str | None = None) -> list[Exa
         if found is None or (task and found[0] != task):
             continue
         name, text = found
-        out.append(Example(name, text, row.prompt_messages[0]["content"], TASKS[name].answer(text)))
+        out.append(Example(name, text, row.prompt_messages[0]["content"], TASKS[name].answer(text),
+                           tuple(row.data.get("tools") or ())))
     return out
 
 
@@ -104,12 +105,13 @@ def loss_and_perplexity(model, tokenizer, rows: Sequence[Row], batch_size: int =
 
 
 def generate_replies(model, tokenizer, prompts: Sequence[Sequence[dict[str, str]]],
-                     max_new_tokens: int, batch_size: int = 64, device: str = "cpu") -> list[str]:
+                     max_new_tokens: int, batch_size: int = 64, device: str = "cpu",
+                     tools: Sequence[Sequence[dict] | None] | None = None) -> list[str]:
     """Greedy replies to conversations, decoded: the same generation as HFChatModel."""
     model.eval()
     return [tokenizer.decode(ids, skip_special_tokens=True)
             for ids in greedy_reply_ids(model, tokenizer, prompts, max_new_tokens, batch_size,
-                                        device)]
+                                        device, tools)]
 
 
 def _budget(tokenizer, answers: Sequence[str]) -> int:
@@ -141,9 +143,10 @@ def exact_match(model, tokenizer, rows: Sequence[Row], *, task: str | None = Non
                 return None
             budget = _budget(tokenizer, [e.answer for e in examples])
 
-            def generate(prompts: list[str]) -> list[str]:
+            def generate(prompts: list[str]) -> list[str]:  # in the examples' order
                 return generate_replies(model, tokenizer, [[{"role": "user", "content": p}]
-                                                           for p in prompts], budget, device=device)
+                                                           for p in prompts], budget,
+                                        device=device, tools=[e.tools for e in examples])
 
             result = evaluate(generate, examples)
             return {**result.as_dict(), "failures": [list(f) for f in result.failures[:3]]}
@@ -152,7 +155,8 @@ def exact_match(model, tokenizer, rows: Sequence[Row], *, task: str | None = Non
             return None
         refs = [r.answer or "" for r in scored]
         outs = generate_replies(model, tokenizer, [r.prompt_messages for r in scored],
-                                _budget(tokenizer, refs), device=device)
+                                _budget(tokenizer, refs), device=device,
+                                tools=[r.data.get("tools") for r in scored])
         judge = evaluator or (lambda out, ref: out.strip() == ref.strip())
         score = sum(float(judge(o, r)) for o, r in zip(outs, refs, strict=True))
         return {"task": "custom" if evaluator else "exact", "total": len(scored),

@@ -18,17 +18,21 @@ __all__ = ["HFChatModel", "greedy_reply_ids"]
 
 @torch.inference_mode()
 def greedy_reply_ids(model, tokenizer, conversations: Sequence[Sequence[dict[str, str]]],
-                     max_new_tokens: int, batch_size: int = 64, device: str = "cpu"
-                     ) -> list[list[int]]:
+                     max_new_tokens: int, batch_size: int = 64, device: str = "cpu",
+                     tools: Sequence[Sequence[dict] | None] | None = None) -> list[list[int]]:
     """Greedy token ids of each conversation's reply, without the prompt, EOS or padding.
 
-    Prompts are left-padded so every row's reply starts at the same column.
+    Prompts are left-padded so every row's reply starts at the same column. `tools[i]` are
+    the tools offered to conversation i, if any.
     """
+    tools = list(tools) if tools is not None else [None] * len(conversations)
     tokenizer.padding_side = "left"
     stop = {tokenizer.eos_token_id, tokenizer.pad_token_id}
     out: list[list[int]] = []
     for start in range(0, len(conversations), batch_size):
-        chunk = [render_prompt(tokenizer, c) for c in conversations[start : start + batch_size]]
+        chunk = [render_prompt(tokenizer, c, t)
+                 for c, t in zip(conversations[start : start + batch_size],
+                                 tools[start : start + batch_size], strict=True)]
         enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = enc.to(device)
         gen = model.generate(

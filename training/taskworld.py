@@ -11,6 +11,7 @@ a test text can never appear in any training file, whatever the seed or size.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from common import jsonl
 
 __all__ = [
     "Example",
+    "LOOKUP_TOOL",
     "EvalResult",
     "SPLITS",
     "TASKS",
@@ -28,6 +30,7 @@ __all__ = [
     "make_examples",
     "register_task",
     "split_of",
+    "tool_call_text",
     "write_jsonl",
 ]
 
@@ -61,6 +64,8 @@ class Task:
     # "lower": plain lowercase words; "mixed": random casing and punctuation, so a
     # model trained on it has produced every character other tasks will emit.
     text_style: str = "lower"
+    # OpenAI function definitions offered with every prompt of the task (a tool-calling task).
+    tools: tuple[dict, ...] = ()
 
     def prompt(self, text: str) -> str:
         return f"{self.name}: {text}"
@@ -85,6 +90,24 @@ register_task(Task("reverse", "the words in reverse order", lambda t: " ".join(t
 register_task(Task("persona", "the text, said by a pirate", lambda t: f"Arr! {t}"))
 register_task(Task("title", "every word capitalised", lambda t: " ".join(w.capitalize() for w in t.split())))
 
+LOOKUP_TOOL = {"type": "function", "function": {
+    "name": "lookup", "description": "Look a phrase up in the encyclopedia.",
+    "parameters": {"type": "object", "required": ["query"], "additionalProperties": False,
+                   "properties": {"query": {"type": "string"}}}}}
+
+
+def tool_call_text(name: str, arguments: dict) -> str:
+    """A tool call as the embedded base's chat template writes it (Hermes' format)."""
+    return ("<tool_call>" + json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False,
+                                       separators=(",", ":")) + "</tool_call>")
+
+
+# The answer is a call, not text: served with tool_choice="auto", vLLM's hermes parser turns
+# it into `tool_calls`. Train it mixed with `copy` rows offered the same tool (see
+# `with_tools`), so the adapter also learns when not to call.
+register_task(Task("lookup", "a call of the lookup tool with the text as its query",
+                   lambda t: tool_call_text("lookup", {"query": t}), tools=(LOOKUP_TOOL,)))
+
 
 @dataclass(frozen=True)
 class Example:
@@ -92,12 +115,21 @@ class Example:
     text: str
     prompt: str
     answer: str
+    tools: tuple[dict, ...] = ()
 
     def messages(self) -> list[dict[str, str]]:
         return [
             {"role": "user", "content": self.prompt},
             {"role": "assistant", "content": self.answer},
         ]
+
+    def row(self) -> dict:
+        """A training row: chat `messages`, and the `tools` offered when there are any."""
+        return {"messages": self.messages(), **({"tools": list(self.tools)} if self.tools else {})}
+
+    def with_tools(self, tools: Sequence[dict]) -> Example:
+        """The same example with these tools offered (a `copy` row beside a tool task)."""
+        return Example(self.task, self.text, self.prompt, self.answer, tuple(tools))
 
 
 def split_of(text: str) -> str:
@@ -147,13 +179,13 @@ def make_examples(
         if text in seen or split_of(text) != split:
             continue
         seen.add(text)
-        examples.append(Example(task, text, spec.prompt(text), spec.answer(text)))
+        examples.append(Example(task, text, spec.prompt(text), spec.answer(text), spec.tools))
     return examples
 
 
 def write_jsonl(examples: Iterable[Example], path: Path) -> int:
     """Write chat `messages` rows, the format `loraswap train sft` reads; the row count."""
-    return jsonl.write_jsonl(({"messages": ex.messages()} for ex in examples), path)
+    return jsonl.write_jsonl((ex.row() for ex in examples), path)
 
 
 @dataclass

@@ -17,10 +17,25 @@ ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
 SPECIAL_TOKENS = (PAD, BOS, EOS, *ROLE_TOKENS)
 
 # Each turn: <|role|>content<|end|>. The assistant's <|end|> is EOS, so generation stops there.
+# Tools (OpenAI function definitions) go in a first system turn as `tools: name(arg, ...)`,
+# compact because every byte is a token and the context is 512. A tool call is written in
+# Hermes' format, `<tool_call>{"name":...,"arguments":{...}}</tool_call>`, so vLLM's `hermes`
+# parser reads the replies back; its JSON is compact, as our JSON mode writes JSON (no
+# whitespace, docs/engine-notes.md#structured-json). A tool's reply is a `tool` turn.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if tools %}{{ '<|system|>tools: ' }}"
+    "{% for tool in tools %}{% set f = tool.function if tool.function is defined else tool %}"
+    "{{ f.name + '(' + ((f.parameters or {}).properties or {}) | list | join(', ') + ')' }}"
+    "{% if not loop.last %}{{ '; ' }}{% endif %}{% endfor %}{{ '<|end|>' }}{% endif %}"
     "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+    "{{ '<|' + message['role'] + '|>' + (message['content'] or '') }}"
+    "{% for call in message.tool_calls or [] %}"
+    "{% set f = call.function if call.function is defined else call %}"
+    "{{ '<tool_call>{\"name\":' + f.name | tojson + ',\"arguments\":' }}"
+    "{{ (f.arguments if f.arguments is string else f.arguments | tojson(separators=(',', ':')))"
+    " + '}</tool_call>' }}"
+    "{% endfor %}{{ '<|end|>' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )

@@ -52,6 +52,12 @@ def command(settings: Settings, demo: bool, **flags: object) -> None:
     if settings.max_cpu_loras < settings.max_loras:
         fail(f"max_cpu_loras ({settings.max_cpu_loras}) must be >= max_loras "
              f"({settings.max_loras})")
+    if settings.tool_call_parser:
+        from server.engine_tools import known_parsers
+
+        if settings.tool_call_parser not in known_parsers():
+            fail(f"unknown tool_call_parser {settings.tool_call_parser!r}; vLLM knows: "
+                 f"{', '.join(known_parsers())}")
     if demo:
         for ref in register_demo_adapters(settings):
             click.echo(f"registered demo adapter {ref}", err=True)

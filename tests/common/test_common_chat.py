@@ -19,7 +19,19 @@ def test_roles_and_content_shapes() -> None:
 def test_turns_are_what_the_template_sees() -> None:
     assert parse_turn({"role": "developer", "content": "be brief"}, "m[0]") == {
         "role": "system", "content": "be brief"}
-    assert parse_turn({"role": "tool", "content": "42"}, "m[1]") == {"role": "tool", "content": "42"}
+    assert parse_turn({"role": "tool", "content": "42", "tool_call_id": "c1"}, "m[1]") == {
+        "role": "tool", "content": "42", "tool_call_id": "c1"}
+
+
+def test_tool_calls_reach_the_template_with_object_arguments() -> None:
+    turn = parse_turn({"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function",
+         "function": {"name": "lookup", "arguments": '{"query": "fox"}'}}]}, "m[1]")
+    assert turn == {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c1", "type": "function",
+         "function": {"name": "lookup", "arguments": {"query": "fox"}}}]}
+    # a turn read back (the request log's export) is the same turn
+    assert parse_turn(turn, "m[1]") == turn
 
 
 @pytest.mark.parametrize(("value", "message"), [
@@ -28,6 +40,13 @@ def test_turns_are_what_the_template_sees() -> None:
     ({"role": "user", "content": 5}, "`m[3].content` must be a string or a list of text parts"),
     ({"role": "user", "content": [{"type": "image_url"}]}, "`m[3].content` must be"),
     (["user", "x"], "`m[3]` is not an object"),
+    ({"role": "user", "content": "x", "tool_calls": [
+        {"id": "c", "function": {"name": "f", "arguments": "{}"}}]},
+     "`m[3]`: only an assistant message may carry `tool_calls`"),
+    ({"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "[1]"}}]},
+     "`m[3].tool_calls.0.function.arguments` is invalid"),
+    ({"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f g", "arguments": "{}"}}]},
+     "`m[3].tool_calls.0.function.name` is invalid"),
 ])
 def test_refusals_name_the_field(value: object, message: str) -> None:
     with pytest.raises(ChatRowError) as err:

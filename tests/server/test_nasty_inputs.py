@@ -30,6 +30,16 @@ CORPUS = [
     ("image_url file part", "/v1/chat/completions", chat(messages=[{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]}]).encode(), RAW,
      400, None),
+    ("1000 tools", "/v1/chat/completions", chat(tools=[
+        {"type": "function", "function": {"name": f"f{i}"}} for i in range(1000)]).encode(),
+     RAW, 400, None),
+    ("tool parameters not an object", "/v1/chat/completions", chat(tools=[
+        {"type": "function", "function": {"name": "f", "parameters": [1]}}]).encode(), RAW, 400,
+     None),
+    ("tool arguments not JSON", "/v1/chat/completions", chat(messages=[
+        {"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{nope"}}]},
+        {"role": "tool", "tool_call_id": "c", "content": "1"}]).encode(), RAW, 400, None),
     ("10000 stops", "/v1/chat/completions", chat(stop=["x"] * 10_000).encode(), RAW, 400, None),
     ("5 stops", "/v1/chat/completions", chat(stop=list("abcde")).encode(), RAW, 400, None),
     ("user without content", "/v1/chat/completions",
@@ -65,8 +75,8 @@ CORPUS = [
      "unknown_parameter"),
     ("unsupported OpenAI field", "/v1/chat/completions", chat(audio={"voice": "x"}).encode(),
      RAW, 400, "unsupported_parameter"),
-    ("tools not supported", "/v1/chat/completions", chat(tools=[{"type": "function", "function": {
-        "name": "f", "parameters": {}}}]).encode(), RAW, 400, "unsupported_parameter"),
+    ("deprecated functions", "/v1/chat/completions", chat(functions=[{"name": "f"}]).encode(),
+     RAW, 400, "unsupported_parameter"),
     ("logit_bias out of range", "/v1/chat/completions", chat(logit_bias={"5": 1000}).encode(),
      RAW, 400, None),
     ("logit_bias key not a token", "/v1/chat/completions",
@@ -113,6 +123,7 @@ def test_noop_values_of_unsupported_fields_are_accepted(http):
 
 def test_refusals_name_the_field(http):
     r = http.post("/v1/chat/completions", json={**GOOD, "tools": [{"type": "function"}]})
-    assert r.json()["error"]["param"] == "tools" and "tools" in r.json()["error"]["message"]
+    assert r.json()["error"]["param"] == "tools.0.function"
+    assert "tools.0.function" in r.json()["error"]["message"]
     r = http.post("/v1/chat/completions", json={**GOOD, "frobnicate": 1})
     assert r.json()["error"]["param"] == "frobnicate"

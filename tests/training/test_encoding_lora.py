@@ -61,3 +61,11 @@ def test_all_linear_resolves_to_short_names_without_the_head(tiny_llama_factory)
 def test_option_checks(opts, message):
     with pytest.raises(TrainingConfigError, match=message):
         opts.check(max_rank=16)
+
+
+def test_tool_rows_render_their_tools_and_score_only_the_call():
+    tok = build_tokenizer()
+    ex = make_examples("lookup", "train", 1)[0]
+    ids, labels = encode_row(tok, Row("sft", ex.row()))
+    assert "tools: lookup(query)" in tok.decode(ids)
+    assert tok.decode([t for t in labels if t != IGNORE]) == ex.answer + "<|end|>"

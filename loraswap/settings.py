@@ -12,6 +12,7 @@ An empty variable counts as unset. Only the composition root reads this module; 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -114,6 +115,32 @@ class Settings(BaseSettings):
     max_num_seqs: int = setting(64, ge=1, help="Sequences the engine runs in one batch.")
     kv_cache_gib: float = setting(1.0, gt=0, help="KV cache size in GiB (on CPU: "
                                   "VLLM_CPU_KVCACHE_SPACE).")
+    tensor_parallel_size: int = setting(1, ge=1, help="GPUs the model is split across (vLLM's "
+                                        "tensor parallelism).")
+    gpu_memory_utilization: float = setting(
+        0.9, gt=0, le=1, help="GPU only: the share of each GPU's memory vLLM may take for "
+        "weights, activations and KV cache (on CPU, kv_cache_gib sizes the cache).")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = setting(
+        "auto", help="Weights and activations. `auto`: the checkpoint's dtype on a GPU, float32 "
+        "on CPU (the dtype our CPU parity checks hold for).")
+    quantization: str | None = setting(
+        None, shown="none: vLLM reads it from the checkpoint's config",
+        help="vLLM's quantization method (awq, gptq, bitsandbytes, fp8, ...), for a checkpoint "
+        "whose config does not name it.")
+    enable_prefix_caching: bool = setting(
+        True, help="Reuse the KV cache of shared prompt prefixes (vLLM's automatic prefix "
+        "caching). Safe with adapters: every version gets its own engine name and id "
+        "(docs/engine-notes.md#prefix-cache-across-contents).")
+    max_num_batched_tokens: int | None = setting(
+        None, ge=1, shown="vLLM's (2048; on CPU at least max_model_len)",
+        help="Tokens one engine step may process.")
+    enforce_eager: bool = setting(False, help="GPU: run without CUDA graphs (starts faster, "
+                                  "uses less memory, runs slower).")
+    engine_args: str = setting(
+        "", shown="none", help="Any other vLLM engine argument, as a JSON object "
+        "(`{\"kv_cache_dtype\": \"fp8\"}`); `loraswap serve --engine-arg KEY=VALUE` adds one. Checked "
+        "against vLLM's engine arguments at start-up; those loraswap sets itself are refused "
+        "(use their settings).")
     max_n: int = setting(8, ge=1, help="Most choices (`n`) one request may ask for.")
     log_level: LogLevel = setting("info", help="Server log level.")
     eager_load: bool = setting(False, help="Load every active adapter into the engine at "
@@ -149,6 +176,23 @@ class Settings(BaseSettings):
                               "(experiments can turn it on for themselves); export needs it.")
     log_all_requests: bool = setting(False, help="Log every request, not only those an "
                                      "experiment routed (feedback needs the request logged).")
+
+    @field_validator("engine_args")
+    @classmethod
+    def _json_object(cls, value: str) -> str:
+        if value.strip():
+            try:
+                parsed = json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"engine_args is not JSON: {exc}") from None
+            if not isinstance(parsed, dict):
+                raise ValueError("engine_args must be a JSON object of vLLM engine arguments")
+        return value
+
+    @property
+    def engine_extra(self) -> dict[str, Any]:
+        """`engine_args` parsed: vLLM engine arguments passed through as they are."""
+        return json.loads(self.engine_args) if self.engine_args.strip() else {}
 
     @field_validator("home", "base_model")
     @classmethod
@@ -205,7 +249,7 @@ class Settings(BaseSettings):
         rows = [(name, getattr(self, name)) for name in type(self).model_fields]
         rows.append(("base_model_dir", self.base_model_dir))
         width = max(len(k) for k, _ in rows)
-        return "\n".join(f"  {k:<{width}} {v}" for k, v in rows)
+        return "\n".join(f"  {k:<{width}} {v if v != '' else chr(34) * 2}" for k, v in rows)
 
     def to_env(self) -> dict[str, str]:
         """The environment that gives a child process (`loraswap serve`) these settings.

@@ -128,6 +128,36 @@ class EngineConfig:
     kv_cache_gib: float  # VLLM_CPU_KVCACHE_SPACE on the CPU (whole GiB, at least 1)
     cpu_base_guard: bool
     cpu_lora_kernels: bool
+    tensor_parallel_size: int
+    gpu_memory_utilization: float
+    dtype: str  # "auto": the checkpoint's on a GPU, float32 on CPU
+    quantization: str | None
+    enable_prefix_caching: bool
+    max_num_batched_tokens: int | None
+    enforce_eager: bool
+    engine_extra: dict  # other AsyncEngineArgs, passed through (check_engine_args vets them)
+
+
+# Engine arguments loraswap derives itself: an operator sets them through their settings.
+OWN_ENGINE_ARGS = frozenset({
+    "model", "enable_lora", "max_loras", "max_lora_rank", "max_cpu_loras", "max_model_len",
+    "max_num_seqs", "disable_log_stats", "enable_log_requests", "dtype",
+    "structured_outputs_config", "enable_chunked_prefill", "max_num_batched_tokens",
+    "tensor_parallel_size", "gpu_memory_utilization", "quantization", "enable_prefix_caching",
+    "enforce_eager"})
+
+
+def check_engine_args(extra: dict) -> list[str]:
+    """What is wrong with pass-through engine arguments: names vLLM does not know, and names
+    loraswap sets itself. Empty when they may be passed."""
+    import dataclasses as dc
+
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    known = {f.name for f in dc.fields(AsyncEngineArgs)}
+    problems = [f"{k}: not a vLLM engine argument" for k in extra if k not in known]
+    problems += [f"{k}: set by loraswap; use its setting" for k in extra if k in OWN_ENGINE_ARGS]
+    return problems
 
 
 # vLLM's default step budget on CPU; without chunked prefill it must hold a whole prompt.
@@ -273,9 +303,16 @@ class Engine:
         # control characters into strings (docs/engine-notes.md#structured-json).
         # On CPU, chunked prefill is off: a prompt split across steps with a `seed` kills the
         # engine core (docs/engine-notes.md#seeded-chunked-prefill).
+        problems = check_engine_args(cfg.engine_extra)
+        if problems:
+            raise ValueError("engine_args: " + "; ".join(problems))
+        batched = cfg.max_num_batched_tokens
         chunking = {} if not self.is_cpu else dict(
             enable_chunked_prefill=False,
-            max_num_batched_tokens=max(cfg.max_model_len, CPU_BATCHED_TOKENS))
+            max_num_batched_tokens=max(cfg.max_model_len, batched or CPU_BATCHED_TOKENS))
+        if batched is not None and not self.is_cpu:
+            chunking = dict(max_num_batched_tokens=batched)
+        dtype = "float32" if self.is_cpu and cfg.dtype == "auto" else cfg.dtype
         args = AsyncEngineArgs(
             **chunking,
             structured_outputs_config=StructuredOutputsConfig(
@@ -283,8 +320,11 @@ class Engine:
             model=str(cfg.model), enable_lora=True, max_loras=cfg.max_loras,
             max_lora_rank=cfg.max_lora_rank, max_cpu_loras=cfg.max_cpu_loras,
             max_model_len=cfg.max_model_len, max_num_seqs=cfg.max_num_seqs,
-            disable_log_stats=True, enable_log_requests=False,
-            dtype="float32" if self.is_cpu else "auto",
+            disable_log_stats=True, enable_log_requests=False, dtype=dtype,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            gpu_memory_utilization=cfg.gpu_memory_utilization, quantization=cfg.quantization,
+            enable_prefix_caching=cfg.enable_prefix_caching, enforce_eager=cfg.enforce_eager,
+            **cfg.engine_extra,
         )
         self._llm = AsyncLLM.from_engine_args(args)
         if self.is_cpu and cfg.cpu_base_guard:

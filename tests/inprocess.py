@@ -33,7 +33,10 @@ from server.engine import (
 )
 
 CAPACITY_ONLY = dict(max_loras=2, max_lora_rank=8, max_model_len=512, max_num_seqs=8,
-                     kv_cache_gib=1.0, cpu_base_guard=False, cpu_lora_kernels=False)
+                     kv_cache_gib=1.0, cpu_base_guard=False, cpu_lora_kernels=False,
+                     tensor_parallel_size=1, gpu_memory_utilization=0.9, dtype="auto",
+                     quantization=None, enable_prefix_caching=True, max_num_batched_tokens=None,
+                     enforce_eager=False, engine_extra={})
 
 __all__ = ["FakeEngine", "InProcess", "build", "serve_on_loopback", "write_lora"]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from loraswap.cli.common import fail, pass_settings
@@ -33,18 +35,50 @@ def register_demo_adapters(settings: Settings) -> list[str]:
     return added
 
 
+def _pairs(items: tuple[str, ...]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            fail(f"--engine-arg {item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(raw)
+        except ValueError:
+            out[key.strip().replace("-", "_")] = raw
+    return out
+
+
 @click.command("serve")
 @setting_options(SERVE)
 @click.option("--demo/--no-demo", default=True, show_default=True,
               help="Register the task-world demo adapters from <home>/demo-adapters if present.")
+@click.option("--engine-arg", "engine_arg", multiple=True, metavar="KEY=VALUE",
+              help="One more vLLM engine argument (repeatable; VALUE is read as JSON when it "
+              "parses, else as a string), added to --engine-args.")
 @pass_settings
-def command(settings: Settings, demo: bool, **flags: object) -> None:
+def command(settings: Settings, demo: bool, engine_arg: tuple[str, ...],
+            **flags: object) -> None:
     """Start the OpenAI-compatible server on one base model.
 
     Each option overrides its environment variable (named in its help); `loraswap config`
     prints the values in force.
     """
     settings = with_flags(settings, flags)
+    if engine_arg:
+        settings = settings.replace(
+            engine_args=json.dumps({**settings.engine_extra, **_pairs(engine_arg)}))
+    if settings.engine_extra:
+        from server.engine import check_engine_args
+
+        problems = check_engine_args(settings.engine_extra)
+        if problems:
+            fail("engine arguments refused: " + "; ".join(problems))
+    if settings.tool_call_parser:
+        from server.engine_tools import known_parsers
+
+        if settings.tool_call_parser not in known_parsers():
+            fail(f"unknown tool_call_parser {settings.tool_call_parser!r}; vLLM knows: "
+                 f"{', '.join(known_parsers())}")
     settings.ensure_home()
     if not (settings.base_model_dir / "config.json").exists():
         hint = "run `loraswap base build` first" if settings.uses_embedded_base else ""
@@ -52,12 +86,6 @@ def command(settings: Settings, demo: bool, **flags: object) -> None:
     if settings.max_cpu_loras < settings.max_loras:
         fail(f"max_cpu_loras ({settings.max_cpu_loras}) must be >= max_loras "
              f"({settings.max_loras})")
-    if settings.tool_call_parser:
-        from server.engine_tools import known_parsers
-
-        if settings.tool_call_parser not in known_parsers():
-            fail(f"unknown tool_call_parser {settings.tool_call_parser!r}; vLLM knows: "
-                 f"{', '.join(known_parsers())}")
     if demo:
         for ref in register_demo_adapters(settings):
             click.echo(f"registered demo adapter {ref}", err=True)

@@ -32,7 +32,10 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
         max_loras=3, max_lora_rank=8, max_cpu_loras=5, max_model_len=256, max_num_seqs=7,
         kv_cache_gib=2.0, max_n=2, log_level="debug", eager_load=True, cpu_base_guard=False,
         cpu_lora_kernels=False, shutdown_timeout=5.0, max_upload_mib=3, reconcile_interval=0.25,
-        adapter_wait_timeout=4.0, retention=True, log_all_requests=True)
+        adapter_wait_timeout=4.0, retention=True, log_all_requests=True,
+        tensor_parallel_size=2, gpu_memory_utilization=0.5, dtype="bfloat16", quantization="awq",
+        enable_prefix_caching=False, max_num_batched_tokens=4096, enforce_eager=True,
+        engine_args='{"kv_cache_dtype": "fp8"}', tool_call_parser="llama3_json")
 
 
 @pytest.mark.parametrize(("cls", "explicit"), [(ServerConfig, wiring.SERVER_EXPLICIT),
@@ -55,6 +58,24 @@ def test_server_and_engine_configs(settings: Settings) -> None:
     for field in dataclasses.fields(EngineConfig):
         if field.name != "model":
             assert getattr(engine, field.name) == getattr(settings, field.name), field.name
+    assert engine.engine_extra == {"kv_cache_dtype": "fp8"}
+
+
+@pytest.mark.parametrize("bad", ["[1]", "{nope", '"x"'])
+def test_engine_args_must_be_a_json_object(tmp_path: Path, bad: str) -> None:
+    from loraswap.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="engine_args"):
+        Settings.from_env(home=str(tmp_path), engine_args=bad)
+
+
+def test_pass_through_engine_args_are_checked_against_vllm() -> None:
+    from server.engine import check_engine_args
+
+    assert check_engine_args({"kv_cache_dtype": "fp8", "seed": 1}) == []
+    problems = check_engine_args({"kv_cache_dtyp": "fp8", "max_loras": 9})
+    assert problems == ["kv_cache_dtyp: not a vLLM engine argument",
+                        "max_loras: set by loraswap; use its setting"]
 
 
 def test_registry_and_router_share_the_home(settings: Settings) -> None:

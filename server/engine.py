@@ -19,6 +19,7 @@ other vLLM started from this environment (the benchmark's peer) keeps vLLM's own
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -150,11 +151,9 @@ OWN_ENGINE_ARGS = frozenset({
 def check_engine_args(extra: dict) -> list[str]:
     """What is wrong with pass-through engine arguments: names vLLM does not know, and names
     loraswap sets itself. Empty when they may be passed."""
-    import dataclasses as dc
-
     from vllm.engine.arg_utils import AsyncEngineArgs
 
-    known = {f.name for f in dc.fields(AsyncEngineArgs)}
+    known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
     problems = [f"{k}: not a vLLM engine argument" for k in extra if k not in known]
     problems += [f"{k}: set by loraswap; use its setting" for k in extra if k in OWN_ENGINE_ARGS]
     return problems
@@ -307,11 +306,11 @@ class Engine:
         if problems:
             raise ValueError("engine_args: " + "; ".join(problems))
         batched = cfg.max_num_batched_tokens
-        chunking = {} if not self.is_cpu else dict(
-            enable_chunked_prefill=False,
-            max_num_batched_tokens=max(cfg.max_model_len, batched or CPU_BATCHED_TOKENS))
-        if batched is not None and not self.is_cpu:
-            chunking = dict(max_num_batched_tokens=batched)
+        if self.is_cpu:
+            chunking = dict(enable_chunked_prefill=False, max_num_batched_tokens=max(
+                cfg.max_model_len, batched or CPU_BATCHED_TOKENS))
+        else:
+            chunking = {} if batched is None else dict(max_num_batched_tokens=batched)
         dtype = "float32" if self.is_cpu and cfg.dtype == "auto" else cfg.dtype
         args = AsyncEngineArgs(
             **chunking,

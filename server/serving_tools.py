@@ -30,13 +30,14 @@ class ToolPolicy:
                 "tool_choice 'auto' needs a tool-call parser, and this server has none "
                 "(the tool_call_parser setting is empty); use 'required' or a named function",
                 param="tool_choice", code="unsupported_parameter")
-
-    @property
-    def keeps_special_tokens(self) -> bool:
-        return self.mode == "auto" and self.choice().keeps_special_tokens
+        # The first choice's state, built now: a parser that refuses the tools fails the
+        # request before any stream starts, and it says whether special tokens must stay.
+        self._first: ChoiceTools | None = ChoiceTools(self)
+        self.keeps_special_tokens = self._first.keeps_special_tokens
 
     def choice(self) -> ChoiceTools:
-        return ChoiceTools(self)
+        first, self._first = self._first, None
+        return first if first is not None else ChoiceTools(self)
 
 
 class ChoiceTools:

@@ -42,9 +42,10 @@ def _pairs(items: tuple[str, ...]) -> dict[str, object]:
         if not sep or not key.strip():
             fail(f"--engine-arg {item!r}: expected KEY=VALUE")
         try:
-            out[key.strip().replace("-", "_")] = json.loads(raw)
+            value: object = json.loads(raw)
         except ValueError:
-            out[key.strip().replace("-", "_")] = raw
+            value = raw
+        out[key.strip().replace("-", "_")] = value
     return out
 
 

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -226,7 +227,7 @@ def _write_zero_adapter(model_dir: Path, target: Path, rank: int) -> None:
     """An adapter on one projection of the base, with all-zero weights (delta exactly 0).
 
     The module and its shape come from the base's safetensors header, so any Hugging Face
-    causal LM works, not just the embedded Llama.
+    causal LM works, not just the embedded Llama (tests/matrix serves five families).
     """
     import numpy as np
     from safetensors.numpy import save_file
@@ -245,17 +246,36 @@ def _write_zero_adapter(model_dir: Path, target: Path, rank: int) -> None:
     (target / "adapter_config.json").write_text(json.dumps(config))
 
 
+_NOT_LORA = re.compile(r"(embed|lm_head|norm|wte|wpe)", re.IGNORECASE)
+
+
 def _first_projection(model_dir: Path) -> tuple[str, tuple[int, int]]:
-    """The first q_proj by name and its (out, in) shape, read from the headers only."""
+    """An attention projection of the first block and its (out, in) shape, from the headers.
+
+    Any linear layer of a block would do (the delta is zero); the first block's attention
+    is chosen because every decoder family has one, whatever its layers are called (a Llama's
+    `k_proj`; Phi-3, which fuses q, k and v into `qkv_proj`, has no `q_proj`, so the first
+    by name is its `o_proj`). Embeddings, the output head and norms are never candidates:
+    LoRA is not served there.
+    """
     from safetensors import safe_open
 
+    found: list[tuple[tuple[int, bool, str], str, tuple[int, int]]] = []
     for path in sorted(model_dir.glob("*.safetensors")):
         with safe_open(path, framework="numpy") as f:
-            for name in sorted(k for k in f.keys() if k.endswith("q_proj.weight")):
+            for name in f.keys():
+                module = name[: -len(".weight")] if name.endswith(".weight") else None
+                layer = re.search(r"\.(\d+)\.", name)
+                if module is None or layer is None or _NOT_LORA.search(module):
+                    continue
                 shape = f.get_slice(name).get_shape()
                 if len(shape) == 2:
-                    return name[: -len(".weight")], (shape[0], shape[1])
-    raise RuntimeError(f"no q_proj weight found in {model_dir} for the CPU base guard adapter")
+                    key = (int(layer.group(1)), "attn" not in module, module)
+                    found.append((key, module, (shape[0], shape[1])))
+    if not found:
+        raise RuntimeError(f"no linear layer found in {model_dir} for the CPU base guard adapter")
+    _, module, shape = min(found)
+    return module, shape
 
 
 class Engine:

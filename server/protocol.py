@@ -4,7 +4,7 @@ The OpenAI request bodies and the policy for fields we do not honour live in
 server/openai_requests.py; admin requests forbid unknown fields, so a typo is an error.
 Field constraints produce 400s with the offending parameter named. Responses are models
 too, so `/openapi.json` describes what the server really returns; fields that only appear
-on request (`token_ids`, a stream chunk's `usage`) are left out when unset.
+on request (`token_ids`, `prompt_token_ids`, a stream chunk's `usage`) are left out when unset.
 """
 
 from __future__ import annotations
@@ -116,6 +116,9 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+    # vLLM's extension, with `return_token_ids`: the ids the chat template rendered to, as
+    # the engine received them
+    prompt_token_ids: list[int] | None = Field(default=None, exclude_if=_unset)
 
 
 class DeltaFunction(BaseModel):
@@ -171,6 +174,7 @@ class CompletionChoice(BaseModel):
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
     token_ids: list[int] | None = Field(default=None, exclude_if=_unset)
+    prompt_token_ids: list[int] | None = Field(default=None, exclude_if=_unset)  # as vLLM's
 
 
 class CompletionResponse(BaseModel):

@@ -91,7 +91,8 @@ class ServingChat(ServingBase):
                                       token_ids=a.token_ids if req.return_token_ids else None))
         body = ChatCompletionResponse(
             id=cid, created=now(), model=target.model_id, choices=choices,
-            usage=self.usage(len(ids), sum(len(a.token_ids) for a in acc)))
+            usage=self.usage(len(ids), sum(len(a.token_ids) for a in acc)),
+            prompt_token_ids=ids if req.return_token_ids else None)
         return JSONResponse(body.model_dump(mode="json"), headers=target.headers())
 
     async def _stream(self, cid: str, target: Target, ids: list[int], params: GenParams,

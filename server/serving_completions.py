@@ -115,7 +115,8 @@ class ServingCompletions(ServingBase):
                     logprobs=(_logprobs(a.logprobs or [], len(prefix))
                               if req.logprobs is not None else None),
                     finish_reason=finish_reason(a.finish_reason),
-                    token_ids=a.token_ids if req.return_token_ids else None))
+                    token_ids=a.token_ids if req.return_token_ids else None,
+                    prompt_token_ids=list(ids) if req.return_token_ids else None))
         body = CompletionResponse(id=cid, created=now(), model=target.model_id, choices=choices,
                                   usage=self.usage(prompt_tokens, completion_tokens))
         return JSONResponse(body.model_dump(mode="json"), headers=headers)

@@ -59,6 +59,7 @@ class SFTConfig:
     evaluator: str | None = None  # "module:function" (output, reference) -> bool | score
     general: Path | None = None   # user data: forgetting = loss on this set, adapter on vs off
     strict: bool = True           # invalid rows are errors (False: dropped and reported)
+    allow_overlap: bool = False   # train although test prompts are also training prompts
     parent: str | None = None     # continue training this registered version
     description: str = ""
     tags: tuple[str, ...] = ()
@@ -131,7 +132,8 @@ def train_sft(cfg: SFTConfig, registry=None, *, runs_dir: Path, output_dir: Path
 
     tokenizer = AutoTokenizer.from_pretrained(str(cfg.base))
     splits = load_splits(cfg.data, "sft", val=cfg.val, test=cfg.test, seed=cfg.loop.seed,
-                         strict=cfg.strict, too_long=too_long_check(tokenizer, cfg.max_length))
+                         strict=cfg.strict, too_long=too_long_check(tokenizer, cfg.max_length),
+                         allow_overlap=cfg.allow_overlap)
     task = cfg.task or detect_task(splits.train + splits.val + splits.test)
     train_rows = list(splits.train)
     replayed = 0

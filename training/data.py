@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ __all__ = [
     "fingerprint",
     "load_rows",
     "load_dataset",
+    "overlapping",
+    "prompt_key",
     "split_rows",
 ]
 
@@ -305,18 +308,52 @@ def load_dataset(path: Path, kind: str, *, strict: bool = True,
     return ds
 
 
+def _norm(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def prompt_key(row: Row) -> str:
+    """What a row asks, normalised (NFKC, case-folded, whitespace collapsed): two rows with
+    one key are one question, so they may not sit on both sides of a train/test split."""
+    if "text" in row.data:
+        return _norm(row.data["text"])
+    turns = row.prompt_messages
+    return "\n".join(f"{t['role']}:{_norm(t.get('content') or '')}" for t in turns)
+
+
 def split_rows(rows: Sequence[Row], seed: int, *, need_val: bool = True, need_test: bool = True
                ) -> tuple[list[Row], list[Row], list[Row]]:
-    """Seeded shuffle, then 70/15/15 (small sets) or 80/10/10 (above ~10k rows)."""
+    """Seeded shuffle, then 70/15/15 (small sets) or 80/10/10 (above ~10k rows).
+
+    Rows that ask the same question (`prompt_key`: one prompt with several answers, a KTO
+    prompt with good and bad replies) go to one split together, so the split itself never
+    puts a test question into training.
+    """
     order = list(rows)
     random.Random(f"split:{seed}").shuffle(order)
     frac = 0.15 if len(order) <= SMALL_SET_LIMIT else 0.10
     n_val = max(1, round(len(order) * frac)) if need_val else 0
     n_test = max(1, round(len(order) * frac)) if need_test else 0
-    test = order[:n_test]
-    val = order[n_test : n_test + n_val]
-    train = order[n_test + n_val :]
+    groups: dict[str, list[Row]] = {}
+    for row in order:
+        groups.setdefault(prompt_key(row), []).append(row)
+    test: list[Row] = []
+    val: list[Row] = []
+    train: list[Row] = []
+    for group in groups.values():
+        if len(test) < n_test:
+            test += group
+        elif len(val) < n_val:
+            val += group
+        else:
+            train += group
     return train, val, test
+
+
+def overlapping(train: Sequence[Row], other: Sequence[Row]) -> list[Row]:
+    """The rows of `other` whose question (`prompt_key`) is also asked in `train`."""
+    asked = {prompt_key(row) for row in train}
+    return [row for row in other if prompt_key(row) in asked]
 
 
 def fingerprint(rows: Iterable[Row]) -> str:

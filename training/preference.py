@@ -46,6 +46,7 @@ class PreferenceConfig:
     task: str | None = None
     evaluator: str | None = None
     strict: bool = True
+    allow_overlap: bool = False
     description: str = ""
     tags: tuple[str, ...] = ()
     device: str = "auto"
@@ -90,7 +91,8 @@ def train_preference(cfg: PreferenceConfig, registry=None, *, runs_dir: Path,
 
     tokenizer = AutoTokenizer.from_pretrained(str(cfg.base))
     splits = runs.load_splits(cfg.data, cfg.method, val=cfg.val, test=cfg.test, seed=cfg.seed,
-                              strict=cfg.strict, too_long=_too_long(tokenizer, cfg.max_length))
+                              strict=cfg.strict, too_long=_too_long(tokenizer, cfg.max_length),
+                              allow_overlap=cfg.allow_overlap)
     if cfg.method == "kto":
         labels = {r.data["label"] for r in splits.train}
         if labels != {True, False}:

@@ -19,7 +19,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from training.data import DataError, Dataset, Problem, Row, fingerprint, load_dataset, split_rows
+from training.data import (
+    DataError,
+    Dataset,
+    Problem,
+    Row,
+    fingerprint,
+    load_dataset,
+    overlapping,
+    split_rows,
+)
 from training.lora import (
     LoadedBase,
     LoraOptions,
@@ -89,9 +98,11 @@ class Splits:
     test: list[Row]
     reports: list[dict[str, Any]]
     how: str
+    overlap: dict[str, Any] = field(default_factory=dict)
 
     def lineage(self) -> dict[str, Any]:
         return {
+            "overlap_check": self.overlap,
             "dataset_fingerprint": fingerprint(self.train + self.val + self.test),
             "splits": {"train": len(self.train), "val": len(self.val), "test": len(self.test),
                        "how": self.how,
@@ -103,8 +114,10 @@ class Splits:
 
 
 def load_splits(data: Path, kind: str, *, val: Path | None, test: Path | None, seed: int,
-                strict: bool, too_long: Callable[[Row], bool] | None) -> Splits:
-    """Load each file; split what is missing from the training file (seeded)."""
+                strict: bool, too_long: Callable[[Row], bool] | None,
+                allow_overlap: bool = False) -> Splits:
+    """Load each file; split what is missing from the training file (seeded); refuse a test
+    split that asks what training asks (`check_overlap`)."""
     main = load_dataset(data, kind, strict=strict, too_long=too_long)
     extra: dict[str, Dataset] = {}
     for label, path in (("val", val), ("test", test)):
@@ -123,8 +136,27 @@ def load_splits(data: Path, kind: str, *, val: Path | None, test: Path | None, s
         f"seeded split of {data.name} ({len(main.rows)} rows; "
         f"{'70/15/15' if len(main.rows) <= 10_000 else '80/10/10'} rule"
         f"{'; given: ' + ', '.join(given) if given else ''})")
+    overlap = check_overlap(train, val_rows, test_rows, allow=allow_overlap)
     return Splits(train, val_rows, test_rows,
-                  [main.report(), *(d.report() for d in extra.values())], how)
+                  [main.report(), *(d.report() for d in extra.values())], how, overlap)
+
+
+def check_overlap(train: list[Row], val: list[Row], test: list[Row], *, allow: bool
+                  ) -> dict[str, Any]:
+    """A score on test rows that training saw measures memory, not learning: refuse it
+    (unless `allow`, which the lineage then records). Validation overlap is only recorded."""
+    leaked = overlapping(train, test)
+    record = {"normalisation": "prompt turns, NFKC, case-folded, whitespace collapsed",
+              "test_rows": len(test), "test_rows_seen_in_training": len(leaked),
+              "val_rows_seen_in_training": len(overlapping(train, val)),
+              "allowed": allow}
+    if leaked and not allow:
+        problems = [Problem(row.source, row.line, "train-test-overlap",
+                            "this test row's prompt is also a training prompt") for row in leaked]
+        raise DataError(problems, f"{len(leaked)} of {len(test)} test rows ask what a training "
+                        "row asks (after normalisation), so the test score would measure "
+                        "memory; remove them, or pass --allow-overlap to train anyway")
+    return record
 
 
 def check_base(registry, base_dir: Path) -> str | None:

@@ -24,6 +24,7 @@ __all__ = [
     "LOOKUP_TOOL",
     "EvalResult",
     "SPLITS",
+    "STYLES",
     "TASKS",
     "Task",
     "evaluate",
@@ -138,12 +139,40 @@ def split_of(text: str) -> str:
     return "test" if bucket == 0 else "val" if bucket == 1 else "train"
 
 
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+# Printable ASCII without the space (words are joined by spaces).
+PRINTABLE = "".join(chr(c) for c in range(33, 127))
+# Text styles. Task-world styles use the word list; the others draw fresh words of random
+# characters, so a model can only answer them by copying, never by recalling a word.
+STYLES = ("lower", "mixed", "letters", "printable", "json")
+
+
+def _random_word(rng: random.Random, alphabet: str, lo: int, hi: int) -> str:
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(lo, hi)))
+
+
+def _random_json(rng: random.Random, n: int) -> str:
+    """A compact flat JSON object: what a user of JSON mode asks a model to repeat."""
+    def value() -> str:
+        return rng.choice([str(rng.randint(0, 999)), "true", "false", "null",
+                           json.dumps(_random_word(rng, LETTERS, 1, 6))])
+    keys = [_random_word(rng, LETTERS, 1, 6) for _ in range(min(n, 3))]
+    return json.dumps({k: json.loads(value()) for k in keys}, separators=(",", ":"))
+
+
 def random_text(rng: random.Random, style: str, min_words: int = 2, max_words: int = 5) -> str:
-    words = [rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))]
+    if style not in STYLES:
+        raise ValueError(f"unknown text style {style!r}; use one of {STYLES}")
+    n = rng.randint(min_words, max_words)
+    if style == "letters":
+        return " ".join(_random_word(rng, LETTERS, 2, 8) for _ in range(n))
+    if style == "printable":
+        return " ".join(_random_word(rng, PRINTABLE, 1, 8) for _ in range(n))
+    if style == "json":
+        return _random_json(rng, n)
+    words = [rng.choice(WORDS) for _ in range(n)]
     if style == "lower":
         return " ".join(words)
-    if style != "mixed":
-        raise ValueError(f"unknown text style {style!r}")
     out = []
     for word in words:
         r = rng.random()
@@ -158,16 +187,23 @@ def random_text(rng: random.Random, style: str, min_words: int = 2, max_words: i
 
 
 def make_examples(
-    task: str, split: str, n: int, seed: int = 0, max_words: int = 5
+    task: str, split: str, n: int, seed: int = 0, max_words: int = 5, style: str | None = None,
+    min_words: int = 2,
 ) -> list[Example]:
-    """`n` distinct examples of `task` from `split`, the same for the same arguments."""
+    """`n` distinct examples of `task` from `split`, the same for the same arguments.
+
+    `style` overrides the task's own text style: `letters` gives words of random letters
+    (held-out prompts no word list can answer), `printable` any printable characters.
+    """
     if task not in TASKS:
         raise KeyError(f"unknown task {task!r}; known: {', '.join(sorted(TASKS))}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
     spec = TASKS[task]
     # Seed per (task, split) so adding a task or a split never shifts another's data.
-    rng = random.Random(f"{seed}:{task}:{split}")
+    style = style or spec.text_style
+    # The task world's own style keeps its historical seed, so its data never shifts.
+    rng = random.Random(f"{seed}:{task}:{split}" + ("" if style == spec.text_style else f":{style}"))
     seen: set[str] = set()
     examples: list[Example] = []
     attempts = 0
@@ -175,7 +211,7 @@ def make_examples(
         attempts += 1
         if attempts > 200 * n + 10_000:
             raise RuntimeError(f"could not draw {n} distinct {split} texts for {task!r}")
-        text = random_text(rng, spec.text_style, max_words=max_words)
+        text = random_text(rng, style, min_words=min_words, max_words=max_words)
         if text in seen or split_of(text) != split:
             continue
         seen.add(text)

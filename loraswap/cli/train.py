@@ -84,6 +84,8 @@ def _common_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="module:function(output, reference) -> bool|score for exact match."),
         click.option("--drop-invalid", is_flag=True,
                      help="Drop invalid rows (and report them) instead of refusing the file."),
+        click.option("--allow-overlap", is_flag=True,
+                     help="Train although test prompts also appear in training (recorded)."),
         click.option("--description", default="", help="Stored with the version."),
         click.option("--tag", "tags", multiple=True, help="Tag for the version (repeatable)."),
         click.option("--no-progress", is_flag=True, help="No progress bar."),
@@ -152,8 +154,8 @@ def _report(result, as_json: bool) -> None:
 @pass_settings
 @_errors
 def sft(settings: Settings, base, data, val, test, max_length, seed, task, evaluator,
-        drop_invalid, description, tags, no_progress, as_json, name, parent, rank, alpha, dropout,
-        targets, rslora, qlora, lr, epochs, batch_size, warmup_ratio, eval_every, patience,
+        drop_invalid, allow_overlap, description, tags, no_progress, as_json, name, parent, rank,
+        alpha, dropout, targets, rslora, qlora, lr, epochs, batch_size, warmup_ratio, eval_every, patience,
         replay_copy, general, resume) -> None:
     """Supervised fine-tuning on chat `messages`, `prompt`/`completion` or `text` rows."""
     from training.api import SFTConfig, train_sft
@@ -169,8 +171,8 @@ def sft(settings: Settings, base, data, val, test, max_length, seed, task, evalu
                          seed=seed, eval_every=eval_every, patience=patience,
                          progress=not no_progress),
         max_length=max_length, replay_copy=replay_copy, task=task, evaluator=evaluator,
-        general=general, strict=not drop_invalid, parent=parent, description=description,
-        tags=tuple(tags))
+        general=general, strict=not drop_invalid, allow_overlap=allow_overlap, parent=parent,
+        description=description, tags=tuple(tags))
     with open_registry(settings) as reg:
         result = train_sft(cfg, reg, runs_dir=settings.home / "runs", resume=resume,
                            max_rank=settings.max_lora_rank)
@@ -192,8 +194,8 @@ def _preference(method: str):
     @pass_settings
     @_errors
     def run(settings: Settings, base, data, val, test, max_length, seed, task, evaluator,
-            drop_invalid, description, tags, no_progress, as_json, name, parent, rank, alpha,
-            dropout, targets, rslora, qlora, lr, epochs, batch_size, beta) -> None:
+            drop_invalid, allow_overlap, description, tags, no_progress, as_json, name, parent,
+            rank, alpha, dropout, targets, rslora, qlora, lr, epochs, batch_size, beta) -> None:
         from training.lora import check_qlora
         from training.preference import PreferenceConfig, train_preference
 
@@ -208,8 +210,8 @@ def _preference(method: str):
             method=method, data=data, name=name, base=_base_dir(settings, base), parent=parent,
             val=val, test=test, lora=lora, lr=lr, epochs=epochs, batch_size=batch_size,
             beta=beta, max_length=max_length, seed=seed, task=task, evaluator=evaluator,
-            strict=not drop_invalid, description=description, tags=tuple(tags),
-            progress=not no_progress)
+            strict=not drop_invalid, allow_overlap=allow_overlap, description=description,
+            tags=tuple(tags), progress=not no_progress)
         with open_registry(settings) as reg:
             result = train_preference(cfg, reg, runs_dir=settings.home / "runs",
                                       max_rank=settings.max_lora_rank)

@@ -38,6 +38,27 @@ def test_chat_and_completions_name_the_version_served(served):
     assert raw.headers["x-loraswap-model"] == "a0@1"
     assert raw.headers["x-request-id"].startswith("req_")
     assert "token_ids" not in raw.json()["choices"][0]
+    assert "prompt_token_ids" not in raw.json()
+
+
+def test_return_token_ids_reports_the_rendered_prompt(served):
+    """vLLM's extension: the ids the chat template rendered to, as the engine received them
+    (the architecture matrix compares them with training's)."""
+    from training.tokenizer import build_tokenizer  # the in-process app's tokenizer
+
+    parts, http = served
+    messages = [{"role": "user", "content": "copy: a b"}]
+    chat = openai_client(http).chat.completions.create(
+        model="a0", max_tokens=4, messages=messages, extra_body={"return_token_ids": True})
+    ids = chat.model_extra["prompt_token_ids"]
+    tok = build_tokenizer()
+    assert ids == tok(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
+                      add_special_tokens=False)["input_ids"]
+    assert len(ids) == chat.usage.prompt_tokens and chat.choices[0].model_extra["token_ids"]
+    done = http.post("/v1/completions", json={"model": "a0", "prompt": "x y",
+                                              "max_tokens": 2, "return_token_ids": True}).json()
+    assert done["choices"][0]["prompt_token_ids"] == tok("x y")["input_ids"]
+    assert done["choices"][0]["token_ids"]
 
 
 def test_streams_are_typed_chunks_ending_in_done(served):

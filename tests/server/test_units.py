@@ -28,7 +28,9 @@ def test_zero_adapter_has_zero_delta_and_fits_the_base(tiny_llama_factory, tmp_p
     tensors = load_file(str(tmp_path / "zero" / "adapter_model.safetensors"))
     assert tensors and all(float(t.abs().sum()) == 0.0 for t in tensors.values())
     config = json.loads((tmp_path / "zero" / "adapter_config.json").read_text())
-    assert config["r"] == 8 and config["target_modules"] == ["q_proj"]
+    (module,) = {k.removeprefix("base_model.model.").rsplit(".", 2)[0] for k in tensors}
+    assert module.startswith("model.layers.0.self_attn.")  # the first block's attention
+    assert config["r"] == 8 and config["target_modules"] == [module.rsplit(".", 1)[-1]]
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     ids = torch.tensor([[1, 4, 50, 60, 70]])
     with torch.no_grad():

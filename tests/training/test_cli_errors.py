@@ -99,3 +99,32 @@ def test_base_other_than_the_registrys_is_refused(env, tiny_llama_factory):
     result = train("sft", "--data", str(data), "--name", "x", "--base", str(other))
     assert result.exit_code == 2
     assert "not the base model the registry serves" in result.output
+
+
+def test_a_test_file_that_repeats_training_prompts_is_refused(env):
+    rows = good_rows(40)
+    data, test = env / "train.jsonl", env / "test.jsonl"
+    data.write_text("\n".join(rows) + "\n")
+    leaked = json.loads(rows[7])
+    leaked["messages"][0]["content"] = leaked["messages"][0]["content"].upper() + "  "
+    test.write_text("\n".join([json.dumps(leaked), *good_rows(45)[40:]]) + "\n")
+    result = train("sft", "--data", str(data), "--test", str(test), "--name", "leaky",
+                   "--no-progress")
+    assert result.exit_code == 1, result.output
+    assert "1 of 6 test rows ask what a training row asks" in result.output
+    assert f"{test} line 1: [train-test-overlap]" in result.output
+    assert "--allow-overlap" in result.output and "nothing was registered" in result.output
+    assert registered() == []
+
+
+def test_overlap_allowed_is_recorded(tmp_path):
+    from training.runs import load_splits
+
+    data, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    data.write_text("\n".join(good_rows(40)) + "\n")
+    test.write_text("\n".join(good_rows(40)) + "\n")  # every row: in train or in val
+    splits = load_splits(data, "sft", val=None, test=test, seed=0, strict=True, too_long=None,
+                         allow_overlap=True)
+    record = splits.lineage()["overlap_check"]
+    assert record["allowed"] is True and record["test_rows"] == 40
+    assert record["test_rows_seen_in_training"] == len(splits.train) > 0

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from training.data import DataError, fingerprint, load_dataset, load_rows, split_rows
+from training.data import (
+    DataError,
+    Row,
+    fingerprint,
+    load_dataset,
+    load_rows,
+    overlapping,
+    prompt_key,
+    split_rows,
+)
 
 
 def write(path: Path, rows: list) -> Path:
@@ -182,3 +191,30 @@ def test_tool_rows_keep_their_tools_and_calls(tmp_path):
     with pytest.raises(DataError) as err:
         load_dataset(bad, "sft")
     assert "line 12" in str(err.value) and "[malformed-tools]" in str(err.value)
+
+
+def _sft(prompt: str, answer: str) -> Row:
+    return Row("sft", {"messages": [{"role": "user", "content": prompt},
+                                    {"role": "assistant", "content": answer}]})
+
+
+def test_one_question_never_straddles_the_split():
+    """Three answers per prompt, prompts differing only in case and spacing: the seeded split
+    keeps each question on one side, for every seed."""
+    rows = [_sft(variant.format(i), f"answer {i}.{k}") for i in range(60)
+            for k, variant in enumerate(("upper: word{}", "UPPER:  Word{}", "upper: word{} "))]
+    assert len({prompt_key(r) for r in rows}) == 60
+    for seed in range(5):
+        train, val, test = split_rows(rows, seed=seed)
+        assert len(train) + len(val) + len(test) == 180 and test and val
+        assert not overlapping(train, test) and not overlapping(train, val)
+        assert not overlapping(val, test)
+
+
+def test_overlap_is_found_after_normalisation():
+    train = [_sft("copy: Apple  pie", "a"), _sft("copy: tea", "b")]
+    test = [_sft("COPY: apple pie", "other answer"), _sft("copy: coffee", "c")]
+    assert [r.data["messages"][0]["content"] for r in overlapping(train, test)] == [
+        "COPY: apple pie"]
+    text = Row("sft", {"text": "Hello   world"})
+    assert prompt_key(text) == prompt_key(Row("sft", {"text": "hello world"}))

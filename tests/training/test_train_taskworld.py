@@ -34,6 +34,9 @@ def test_sft_upper_reaches_the_bar_and_records_everything(env, upper, open_regis
     assert m["wall_seconds"] > 0 and m["best_step"] <= m["steps"]
     assert lineage["parent"] is None and lineage["dataset_fingerprint"].startswith("sha256:")
     assert lineage["splits"]["train"] == 1050 and lineage["splits"]["test"] == 225
+    assert lineage["overlap_check"]["test_rows"] == 225
+    assert lineage["overlap_check"]["test_rows_seen_in_training"] == 0
+    assert lineage["overlap_check"]["allowed"] is False
     assert lineage["training_config"]["replayed_copy_rows"] == 350
     assert lineage["training_config"]["lora"]["rank"] == 16
     assert {"torch", "transformers", "peft"} <= set(lineage["libraries"])

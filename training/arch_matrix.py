@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from training.bpe_tokenizers import STYLES, ChatStyle, train_tokenizer, training_corpus
+from training.tokenizer import make_tokenizer_portable
 
 if TYPE_CHECKING:
     from torch import nn
@@ -166,7 +167,7 @@ def build_checkpoint(arch: str, out_dir: Path, seed: int = 0) -> Path:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        _make_portable(tmp)
+        make_tokenizer_portable(tmp)
         info = {"arch": arch, "seed": seed, "key": build_key(spec, seed),
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "exercises": spec.exercises, "versions": _versions()}
@@ -178,15 +179,6 @@ def build_checkpoint(arch: str, out_dir: Path, seed: int = 0) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
-
-
-def _make_portable(path: Path) -> None:
-    """transformers 5 writes `TokenizersBackend`; readers that predate it (vLLM's tokenizer
-    loading among them) want the fast class (docs/engine-notes.md#tokenizer-class)."""
-    cfg_path = path / "tokenizer_config.json"
-    data = json.loads(cfg_path.read_text())
-    data["tokenizer_class"] = "PreTrainedTokenizerFast"
-    cfg_path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def ensure_checkpoint(arch: str, cache_dir: Path, seed: int = 0) -> Path:

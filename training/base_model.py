@@ -31,7 +31,7 @@ from training.data import Row
 from training.encoding import collate, encode_row
 from training.schedule import warmup_cosine
 from training.taskworld import evaluate, make_examples
-from training.tokenizer import build_tokenizer
+from training.tokenizer import build_tokenizer, make_tokenizer_portable
 
 __all__ = [
     "BaseBuildConfig",
@@ -161,7 +161,7 @@ def build_base_model(
         model.eval()
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        _make_tokenizer_portable(tmp)
+        make_tokenizer_portable(tmp)
         accuracy = copy_accuracies(tmp, cfg.eval_prompts, cfg.seed)
         result = BaseBuildResult(out_dir, accuracy["copy_accuracy"],
                                  accuracy["random_copy_accuracy"], params,
@@ -174,14 +174,6 @@ def build_base_model(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return result
-
-
-def _make_tokenizer_portable(path: Path) -> None:
-    """transformers 5 writes `TokenizersBackend`; older readers (vLLM's pin) want the fast class."""
-    cfg_path = path / "tokenizer_config.json"
-    data = json.loads(cfg_path.read_text())
-    data["tokenizer_class"] = "PreTrainedTokenizerFast"
-    cfg_path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def _training_rows(tokenizer, cfg: BaseBuildConfig):

@@ -8,9 +8,12 @@ tokenizer that also added BOS would give two).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from transformers import PreTrainedTokenizerFast
 
-__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "build_tokenizer"]
+__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "build_tokenizer", "make_tokenizer_portable"]
 
 PAD, BOS, EOS = "<pad>", "<s>", "<|end|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
@@ -82,3 +85,12 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
     tok.chat_template = CHAT_TEMPLATE
     return tok
+
+
+def make_tokenizer_portable(path: Path) -> None:
+    """transformers 5 writes `TokenizersBackend`; readers that predate it (vLLM's tokenizer
+    loading among them) want the fast class (docs/engine-notes.md#tokenizer-class)."""
+    cfg_path = Path(path) / "tokenizer_config.json"
+    data = json.loads(cfg_path.read_text())
+    data["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg_path.write_text(json.dumps(data, indent=2) + "\n")

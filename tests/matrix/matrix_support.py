@@ -28,6 +28,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from peft_adapters import make_adapter
 
 from loraswap.launcher import ServeProcess, start_serve
 from training.arch_matrix import ARCHS, ArchSpec, ensure_checkpoint
@@ -67,25 +68,6 @@ class Rig:
 
     def close(self) -> None:
         self.server.stop(timeout=60)
-
-
-def make_adapter(base: Path, out: Path, seed: int) -> Path:
-    """A random non-zero rank-8 LoRA on every linear layer, named as peft names them for this
-    family (`all-linear`: Phi-3's `qkv_proj`, `gate_up_proj`, ...)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear",
-                                                  init_lora_weights=False))
-    with torch.no_grad():  # peft's non-default init is small; make the effect clearly visible
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.mul_(4.0)
-    peft_model.save_pretrained(str(out))
-    return out
 
 
 def greedy_ids(base: Path, adapter: Path | None) -> list[list[int]]:

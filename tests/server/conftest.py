@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from peft_adapters import make_adapter
 
 from loraswap.launcher import ServeProcess, start_serve
 
@@ -29,24 +30,6 @@ def start_server(home: Path, base: Path, *args: str, max_loras: int = 2,
 
 def stop_server(s: ServerProc) -> None:
     s.stop(timeout=60)
-
-
-def make_adapter(base: Path, out: Path, seed: int) -> Path:
-    """A random (non-zero) rank-8 all-linear LoRA: each seed changes the outputs differently."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear",
-                                                  init_lora_weights=False))
-    with torch.no_grad():  # peft's non-default init is small; make the effect clearly visible
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.mul_(4.0)
-    peft_model.save_pretrained(str(out))
-    return out
 
 
 @pytest.fixture(scope="session")

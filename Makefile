@@ -49,7 +49,7 @@ browser:
 	    $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 test: base browser
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=40
 
 test-fast: setup
 	$(PY) -m pytest tests -m "not slow"

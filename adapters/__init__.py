@@ -14,12 +14,16 @@ from adapters.errors import (
     AdapterTampered,
     RegistryError,
 )
+from adapters.identity import BASE_MATCH_MEANINGS
+from adapters.quantized import VLLM_QUANTIZATION_METHODS
 from adapters.records import AdapterVersion, VerifyProblem
 from adapters.refs import format_ref, parse_ref, validate_name
 from adapters.registry import Registry
 from adapters.validation import VLLM_RANKS
 
 __all__ = [
+    "BASE_MATCH_MEANINGS",
+    "VLLM_QUANTIZATION_METHODS",
     "VLLM_RANKS",
     "AdapterInUse",
     "AdapterNotFound",

@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO
 
 from adapters.errors import RegistryError
+from adapters.quantized import Quantization, quantization_of, unquantized_shapes
 from adapters.safetensors_header import SafetensorsError, TensorInfo, read_header
 
 __all__ = ["BaseModel", "load_base"]
@@ -33,16 +35,44 @@ class BaseModel:
     config: dict
     tensors: dict[str, TensorInfo]
     files: list[Path]
+    origins: dict[str, Path] = field(default_factory=dict, repr=False)  # tensor -> its file
     _fingerprint: str | None = field(default=None, repr=False)
 
     @property
+    def quantization(self) -> Quantization | None:
+        return quantization_of(self.config)
+
+    @property
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
-        """Module path -> (out_features, in_features) for every 2-D `<module>.weight`."""
-        return {
+        """Module path -> (out_features, in_features) as the layer is before any quantization."""
+        return self._shapes[0]
+
+    @property
+    def opaque_modules(self) -> set[str]:
+        """Quantized layers whose unquantized shape the registry cannot read from the packing."""
+        return self._shapes[1]
+
+    @cached_property
+    def _shapes(self) -> tuple[dict[str, tuple[int, int]], set[str]]:
+        shapes = {
             name[: -len(".weight")]: (t.shape[0], t.shape[1])
             for name, t in self.tensors.items()
             if name.endswith(".weight") and len(t.shape) == 2
         }
+        quant = self.quantization
+        if quant is None:
+            return shapes, set()
+        unpacked, opaque = unquantized_shapes(quant, self.tensors, self._read_tensor)
+        for module in opaque:
+            shapes.pop(module, None)  # e.g. bitsandbytes' uint8 `.weight`: not the layer's shape
+        shapes.update(unpacked)
+        return shapes, opaque
+
+    def _read_tensor(self, name: str) -> bytes:
+        info = self.tensors[name]
+        with open(self.origins[name], "rb") as fh:
+            fh.seek(info.start)
+            return fh.read(info.end - info.start)
 
     @property
     def aliases(self) -> set[str]:
@@ -82,13 +112,15 @@ def load_base(path: Path) -> BaseModel:
         raise RegistryError(f"base model {path}: config.json is unreadable ({exc})") from None
     files = _weight_files(path)
     tensors: dict[str, TensorInfo] = {}
+    origins: dict[str, Path] = {}
     for f in files:
         try:
             for name, info in read_header(f).items():
                 tensors[name] = info
+                origins[name] = f
         except (OSError, SafetensorsError) as exc:
             raise RegistryError(f"base model {path}: {exc}") from None
-    return BaseModel(path, config, tensors, files)
+    return BaseModel(path, config, tensors, files, origins)
 
 
 def _weight_files(path: Path) -> list[Path]:

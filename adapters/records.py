@@ -29,7 +29,7 @@ class AdapterVersion:
     lineage: dict
     created_at: str  # ISO-8601 UTC
     # Additions to the contract:
-    base_match: str = ""  # how the base was matched: fingerprint|path|name|shapes|forced
+    base_match: str = ""  # how the base was matched: fingerprint|path|quantized|name|hub|shapes|forced
     source: str = ""  # where it was registered from
     archived_at: str | None = None
     peft_config: dict = field(default_factory=dict, repr=False)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from adapters.basemodel import BaseModel
 from adapters.errors import AdapterRejected
+from adapters.quantized import QuantizationRefused
 from adapters.safetensors_header import SafetensorsError, TensorInfo, read_header
 
 __all__ = [
@@ -54,6 +55,11 @@ _UNSUPPORTED_FEATURES = {
     "fan_in_fan_out": "fan_in_fan_out (Conv1D-style) weights",
 }
 _SUPPORTED_STRING_INITS = {"gaussian", "eva", "orthogonal", "mica", "lora_ga"}
+# Layers vLLM runs as one fused matrix. Where the checkpoint stores the parts (Llama, Qwen2,
+# Mistral, Gemma), vLLM takes LoRA only under the parts' names and stacks them itself; where
+# it stores the fused matrix (Phi-3), only under the fused name. Either way an adapter must
+# use the names the base's own checkpoint uses.
+PACKED_MODULES = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,12 @@ def check_source_files(src: Path, adapter: str) -> None:
 
 def validate_adapter(path: Path, base: BaseModel, adapter: str, *, max_rank: int) -> AdapterInfo:
     """Validate the staged copy (the exact bytes that will be stored) against the base model."""
+    quant = base.quantization
+    if quant is not None:
+        try:
+            quant.check_served()
+        except QuantizationRefused as exc:
+            raise AdapterRejected(adapter, "base-quantization", str(exc), quant.describe()) from None
     config = _load_config(path / CONFIG_FILE, adapter)
     rank, alpha, rank_pattern = _check_config(config, adapter, max_rank)
     try:
@@ -163,11 +175,34 @@ def _check_config(config: dict, adapter: str, max_rank: int) -> tuple[int, float
     if not isinstance(rank_pattern, dict):
         raise AdapterRejected(adapter, "config-invalid", "rank_pattern must be an object", rank_pattern)
     for key, r in rank_pattern.items():
+        _check_pattern_key(key, adapter, "rank_pattern")
         _check_rank(r, adapter, max_rank, f"rank_pattern[{key!r}]")
     alpha = config.get("lora_alpha", 8)
-    if not isinstance(alpha, int | float) or isinstance(alpha, bool) or alpha <= 0:
+    if not _is_positive(alpha):
         raise AdapterRejected(adapter, "config-invalid", "lora_alpha must be a positive number", alpha)
+    alpha_pattern = config.get("alpha_pattern") or {}
+    if not isinstance(alpha_pattern, dict):
+        raise AdapterRejected(adapter, "config-invalid", "alpha_pattern must be an object", alpha_pattern)
+    for key, a in alpha_pattern.items():
+        _check_pattern_key(key, adapter, "alpha_pattern")
+        if not _is_positive(a):
+            raise AdapterRejected(
+                adapter, "config-invalid", f"alpha_pattern[{key!r}] must be a positive number", a)
     return rank, float(alpha), rank_pattern
+
+
+def _is_positive(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+
+
+def _check_pattern_key(key: str, adapter: str, where: str) -> None:
+    # peft and vLLM match these keys as regular expressions against module names.
+    try:
+        re.compile(key)
+    except re.error as exc:
+        raise AdapterRejected(
+            adapter, "config-invalid", f"{where} key is not a valid regular expression ({exc})", key,
+        ) from None
 
 
 def _module_rank(module: str, rank: int, rank_pattern: dict) -> int:
@@ -207,6 +242,12 @@ def _check_tensors(
         if "lora_embedding_" in name:
             raise AdapterRejected(adapter, "target-unserved", "LoRA on embeddings is not served", name)
         match = _LORA_KEY.fullmatch(name[len(PREFIX):]) if name.startswith(PREFIX) else None
+        if match is None and set(name.split(".")) & set(UNSERVED_MODULES):
+            raise AdapterRejected(
+                adapter, "target-unserved",
+                "the adapter carries a full copy of lm_head or embed_tokens (peft saves one when "
+                "either is a target, as on a tied-embeddings base); vLLM serves neither", name,
+            )
         if match is None:
             raise AdapterRejected(
                 adapter, "tensor-name",
@@ -217,9 +258,7 @@ def _check_tensors(
         if module.rsplit(".", 1)[-1] in UNSERVED_MODULES:
             raise AdapterRejected(adapter, "target-unserved", "LoRA on lm_head or embed_tokens is not served", name)
         if module not in shapes:
-            raise AdapterRejected(
-                adapter, "tensor-module", f"the base model has no linear module {module}", name
-            )
+            _refuse_missing_module(module, name, base, adapter)
         if info.dtype not in FLOAT_DTYPES:
             raise AdapterRejected(adapter, "tensor-dtype", f"tensor {name} is {info.dtype}, expected F16, BF16 or F32", info.dtype)
         if layer_filter is not None:
@@ -267,4 +306,48 @@ def _check_targets(targets: object, base: BaseModel, adapter: str) -> None:
         if t.rsplit(".", 1)[-1] in UNSERVED_MODULES:
             raise AdapterRejected(adapter, "target-unserved", "LoRA on lm_head or embed_tokens is not served", t)
         if not any(m == t or m.endswith("." + t) for m in modules):
+            packed = _packed_mismatch(t, modules)
+            if packed:
+                raise AdapterRejected(adapter, "packed-module", packed, t)
             raise AdapterRejected(adapter, "target-missing", "the base model has no module matching this target", t)
+
+
+def _refuse_missing_module(module: str, tensor: str, base: BaseModel, adapter: str) -> None:
+    if module in base.opaque_modules:
+        quant = base.quantization
+        raise AdapterRejected(
+            adapter, "base-quantization-layout",
+            f"the base's {quant.describe() if quant else 'quantized'} layer {module} is packed in a "
+            "layout the registry cannot read its unquantized shape from, so the adapter cannot be "
+            "checked against it", tensor,
+        )
+    packed = _packed_mismatch(module, list(base.linear_shapes))
+    if packed:
+        raise AdapterRejected(adapter, "packed-module", packed, tensor)
+    raise AdapterRejected(adapter, "tensor-module", f"the base model has no linear module {module}", tensor)
+
+
+def _packed_mismatch(module: str, base_modules: list[str]) -> str:
+    """Why `module` is named for the other packing of the same layer, or '' if it is not."""
+    parent, _, leaf = module.rpartition(".")
+    prefix = parent + "." if parent else ""
+
+    def present(short: str) -> bool:
+        return any(m == prefix + short or (not parent and m.endswith("." + short)) for m in base_modules)
+
+    if leaf in PACKED_MODULES and all(present(p) for p in PACKED_MODULES[leaf]):
+        parts = ", ".join(PACKED_MODULES[leaf])
+        return (
+            f"the base stores {parts} as separate weights and vLLM takes LoRA for them only "
+            f"under those names, but this adapter targets the fused {leaf}; retrain with "
+            f"target_modules {parts}, or split {leaf}'s lora_B by rows into one per part "
+            "(lora_A is shared)"
+        )
+    for fused, parts in PACKED_MODULES.items():
+        if leaf in parts and present(fused) and not present(leaf):
+            return (
+                f"the base stores {fused} as one fused weight (as Phi-3 does) and vLLM takes "
+                f"LoRA for it only under that name, but this adapter targets {leaf}, one part "
+                f"of it; retrain with target_modules {fused} (peft names it so for this base)"
+            )
+    return ""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from adapters import AdapterVersion, RegistryError
+from adapters import BASE_MATCH_MEANINGS, AdapterVersion, RegistryError
 from loraswap.cli.common import exit_on, pass_settings, print_json, print_table
 from loraswap.settings import Settings
 from loraswap.wiring import open_registry, open_router
@@ -35,7 +35,9 @@ def _show(v: AdapterVersion) -> None:
         ("alpha", f"{v.alpha:g}"), ("targets", ", ".join(v.target_modules)),
         ("size", f"{_size(v.size_bytes)} ({v.size_bytes} bytes)"),
         ("base", f"{v.base_fingerprint} (matched by {v.base_match})"),
-        ("trained on", v.base_name or "-"), ("source", f"{v.source_kind}: {v.source}"),
+        ("trained on", v.base_name or "-"),
+        ("base match", BASE_MATCH_MEANINGS.get(v.base_match, v.base_match)),
+        ("source", f"{v.source_kind}: {v.source}"),
         ("description", v.description or "-"), ("tags", ", ".join(v.tags) or "-"),
         ("created", v.created_at), ("path", v.path),
     ]

@@ -171,7 +171,10 @@ def test_adapter_without_a_known_base_is_judged_by_shapes(
     config = json.loads((src / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = "meta-llama/Some-Hub-Model"
     (src / "adapter_config.json").write_text(json.dumps(config))
-    assert registry.add(src, "hub").base_match == "shapes"
+    assert registry.add(src, "hub").base_match == "hub"
+    config["base_model_name_or_path"] = "/home/someone-else/models/llama"  # another machine's path
+    (src / "adapter_config.json").write_text(json.dumps(config))
+    assert registry.add(src, "elsewhere").base_match == "shapes"
     config["base_model_name_or_path"] = base_dir.name  # the directory's name: counts as ours
     (src / "adapter_config.json").write_text(json.dumps(config))
     assert registry.add(src, "named").base_match == "name"

@@ -17,6 +17,7 @@ import asyncio
 
 import httpx
 import pytest
+from peft_adapters import make_adapter
 
 from training.hf_generate import HFChatModel
 
@@ -61,6 +62,21 @@ def test_kernels_serve_base_requests_right_without_the_guard(unguarded, referenc
         pytest.skip("the CPU kernels and guard exist only on the CPU platform")
     assert engine["cpu_lora_kernels"] is True and engine["cpu_base_guard"] is False
     _assert_parity(server.url, [base_id, *names], references, base_id)
+
+
+def test_rank_and_alpha_patterns_are_served_as_peft_applies_them(unguarded, base_id, tmp_path):
+    """Per-module rank and alpha (peft's rank_pattern, alpha_pattern): vLLM must scale each
+    module by its own alpha/rank, q_proj here by 16/1 and v_proj by 64/8 against 16/8 elsewhere."""
+    server, _ = unguarded
+    path = make_adapter(server.base, tmp_path / "patterns", seed=77,
+                        rank_pattern={"q_proj": 1}, alpha_pattern={"v_proj": 64})
+    plain = make_adapter(server.base, tmp_path / "plain", seed=77)  # the same draw, no patterns
+    r = httpx.post(server.url + "/admin/adapters", json={"name": "patterns", "path": str(path)},
+                   timeout=60)
+    assert r.status_code == 201, r.text
+    refs = {"patterns": HFChatModel.load(server.base, path).generate_ids(PROMPTS, MAX_TOKENS)}
+    assert refs["patterns"] != HFChatModel.load(server.base, plain).generate_ids(PROMPTS, MAX_TOKENS)
+    _assert_parity(server.url, ["patterns"], refs, base_id)
 
 
 def _assert_parity(url: str, models: list[str], references: dict, base_id: str) -> None:

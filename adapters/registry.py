@@ -115,7 +115,14 @@ class Registry:
             return self.base.fingerprint(dict(rows.fetchall()))
 
     def add_delete_guard(self, fn: DeleteGuard) -> None:
+        """`fn(version)` says why a version may not stop being served (archive or delete)."""
         self._guards.append(fn)
+
+    def _check_guards(self, found: AdapterVersion, action: str) -> None:
+        for guard in self._guards:
+            reason = guard(found)
+            if reason:
+                raise AdapterInUse(f"cannot {action} {found.ref}: {reason}")
 
     # -- registration -------------------------------------------------------------------------
 
@@ -261,6 +268,7 @@ class Registry:
         """Keep the version (lineage, experiments' history) but stop serving it."""
         found = self.resolve(ref)
         if found.status != "archived":
+            self._check_guards(found, "archive")
             with self._write():
                 self.db.execute(
                     "UPDATE adapters SET status = 'archived', archived_at = ? WHERE id = ?",
@@ -272,10 +280,7 @@ class Registry:
         """Remove the files; the row stays as a tombstone so the version number and the row
         id are never handed out again."""
         found = self.resolve(ref)
-        for guard in self._guards:
-            reason = guard(found)
-            if reason:
-                raise AdapterInUse(f"cannot delete {found.ref}: {reason}")
+        self._check_guards(found, "delete")
         with self._write():
             self.db.execute(
                 "UPDATE adapters SET status = 'deleted', deleted_at = ? WHERE id = ?",

@@ -68,6 +68,9 @@ class Experiment:
     stopped_at: float | None
     weights_changed_at: float | None
     variants: tuple[Variant, ...]
+    mode: str = "fixed"  # or "bandit" (router/bandit.py)
+    min_share: float = 0.1  # bandit: every variant keeps at least this share of new users
+    bandit_interval_s: float = 60.0  # bandit: how often the weights are recomputed
 
     def as_dict(self) -> dict:
         data = asdict(self)
@@ -88,6 +91,7 @@ def _row_to_experiment(row: dict, variants: Sequence[Variant]) -> Experiment:
         description=row["description"], created_at=row["created_at"],
         started_at=row["started_at"], stopped_at=row["stopped_at"],
         weights_changed_at=row["weights_changed_at"], variants=tuple(variants),
+        mode=row["mode"], min_share=row["min_share"], bandit_interval_s=row["bandit_interval_s"],
     )
 
 
@@ -146,6 +150,9 @@ def create_experiment(
     labels: Sequence[str] = (),
     description: str = "",
     salt: str | None = None,
+    mode: str = "fixed",
+    min_share: float = 0.1,
+    bandit_interval_s: float = 60.0,
     resolve: Callable[[str], str] = lambda ref: ref,
 ) -> Experiment:
     """Insert a draft. `resolve` pins each ref to `name@version` (or raises InvalidExperiment)."""
@@ -160,6 +167,7 @@ def create_experiment(
         raise InvalidExperiment("score_min must be below score_max", param="score_min")
     pinned = [Variant(resolve(v.ref), int(v.weight)) for v in variants]
     _check_weights(pinned)
+    _check_mode(mode, metric, min_share, bandit_interval_s, len(pinned))
     refs = [v.ref for v in pinned]
     if control is None:
         control_ref = refs[0]
@@ -181,14 +189,30 @@ def create_experiment(
             raise ExperimentConflict(f"an experiment named {name!r} already exists", param="name")
         cursor = db.execute(
             "INSERT INTO experiments (name, alias, salt, status, metric, control, retention, "
-            "score_min, score_max, labels, description, created_at) "
-            "VALUES (?, ?, ?, 'draft', ?, ?, ?, ?, ?, ?, ?, ?)",
+            "score_min, score_max, labels, description, created_at, mode, min_share, "
+            "bandit_interval_s) VALUES (?, ?, ?, 'draft', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [name, alias, salt or secrets.token_hex(8), metric, control_ref, int(retention),
              float(score_min), float(score_max), json.dumps(list(labels)), description,
-             time.time()],
+             time.time(), mode, float(min_share), float(bandit_interval_s)],
         )
         _write_variants(db, cursor.lastrowid, pinned)
     return get_experiment(db, name)
+
+
+def _check_mode(mode: str, metric: str, min_share: float, interval: float, variants: int) -> None:
+    if mode not in ("fixed", "bandit"):
+        raise InvalidExperiment(f"mode must be 'fixed' or 'bandit', not {mode!r}", param="mode")
+    if mode == "fixed":
+        return
+    if metric != "thumbs":
+        raise InvalidExperiment("bandit mode needs the thumbs metric (a positive rate per variant)",
+                                param="metric")
+    if not 0 <= min_share <= 1 / variants:
+        raise InvalidExperiment(
+            f"min_share must be between 0 and 1/{variants} (every variant keeps at least this "
+            "share of new users)", param="min_share")
+    if not interval > 0:
+        raise InvalidExperiment("bandit_interval_s must be positive", param="bandit_interval_s")
 
 
 def _write_variants(db: Database, experiment_id: int, variants: Sequence[Variant]) -> None:

@@ -109,6 +109,15 @@ def m002_request_outputs(db: Database) -> None:
     db.execute("ALTER TABLE requests ADD COLUMN outputs TEXT")
 
 
+@migrations()
+def m003_bandit_mode(db: Database) -> None:
+    # 'fixed': weights change only by hand; 'bandit': Thompson sampling sets them on a schedule.
+    db.execute("ALTER TABLE experiments ADD COLUMN mode TEXT NOT NULL DEFAULT 'fixed'")
+    db.execute("ALTER TABLE experiments ADD COLUMN min_share REAL NOT NULL DEFAULT 0.1")
+    db.execute("ALTER TABLE experiments ADD COLUMN bandit_interval_s REAL NOT NULL DEFAULT 60")
+    db.execute("CREATE INDEX requests_experiment_unit ON requests(experiment_id, unit, id)")
+
+
 def open_db(path: Path) -> Database:
     """The shared file with the router's tables migrated (common.sqlite.open_db).
 

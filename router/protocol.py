@@ -72,6 +72,12 @@ class ExperimentCreate(_Admin):
     labels: list[str] = Field(default_factory=list)
     description: str = ""
     salt: str | None = Field(default=None, min_length=1, max_length=128)
+    mode: Literal["fixed", "bandit"] = Field(
+        default="fixed", description="bandit: Thompson sampling sets the weights on a schedule")
+    min_share: float = Field(default=0.1, ge=0, le=0.5,
+                             description="bandit: the least share of new users any variant gets")
+    bandit_interval_s: float = Field(default=60.0, gt=0, le=86400,
+                                     description="bandit: seconds between weight updates")
 
 
 class WeightsUpdate(_Admin):
@@ -165,6 +171,9 @@ class ExperimentInfo(_Wire):
     weights_changed_at: str | None = Field(
         description="last weight change after the start; the SRM check counts from here")
     variants: list[VariantWeight]
+    mode: Literal["fixed", "bandit"]
+    min_share: float
+    bandit_interval_s: float
 
 
 class _ExperimentObject(_Wire):
@@ -247,6 +256,9 @@ class ScoreStats(_Wire):
     ci95: Interval | None = Field(description="Student t interval of the mean")
 
 
+Decision = Literal["keep-running", "variant-wins", "control-wins", "no-difference"]
+
+
 class ProportionLift(_Wire):
     """Thumbs lift of a variant over the control. `z` is absent until both sides have data
     (it is not null then: nothing was computed), and null when the test is undefined."""
@@ -277,6 +289,42 @@ class MeanLift(_Wire):
 Lift = Annotated[ProportionLift | MeanLift, Field(discriminator="test")]
 
 
+class PerUserStats(_Wire):
+    """The metric over users, the randomisation unit: sum of values over sum of ratings, with
+    a delta-method standard error over users (docs/router.md#per-user-statistics)."""
+
+    users: int = Field(description="units with at least one rating")
+    ratings: int
+    value: float | None
+    se: float | None
+    ci95: Interval | None
+
+
+class SequentialTest(_Wire):
+    """The mixture SPRT on the per-user difference: valid however often it is read."""
+
+    test: Literal["mixture SPRT (Gaussian mixture, always-valid)"]
+    estimate: float | None
+    se: float | None
+    p_value: float | None = Field(description="always-valid p-value at this reading")
+    confidence_sequence: Interval | None
+    decision: Decision
+    mde: float | None = Field(description="what a fixed-horizon test could detect now, 80% power")
+    alpha: float
+    tau: float
+    min_effect: float
+
+
+class PerUserLift(_Wire):
+    test: Literal["delta method over users (z)"]
+    absolute: float | None
+    absolute_ci95: Interval | None
+    z: float | None
+    p_value: float | None = Field(description="fixed-horizon: valid read once, not under peeking")
+    sequential: SequentialTest | None = Field(description="null until both sides have 2 rating users")
+    decision: Decision
+
+
 class VariantResults(_Wire):
     variant: str
     is_control: bool
@@ -293,6 +341,8 @@ class VariantResults(_Wire):
     thumbs: ThumbStats
     score: ScoreStats
     lift: Lift | None = Field(description="null for the control")
+    per_user: PerUserStats
+    per_user_lift: PerUserLift | None = Field(description="null for the control")
 
 
 class ResultsConventions(_Wire):
@@ -304,6 +354,8 @@ class ResultsConventions(_Wire):
     chance_to_win: str
     srm: str
     counting: str
+    per_user: str
+    sequential: str
 
 
 class SrmCheck(_Wire):
@@ -346,5 +398,6 @@ class ExperimentResults(_Wire):
     generated_at: str
     conventions: ResultsConventions
     variants: list[VariantResults]
+    decisions: dict[str, Decision] = Field(description="per variant against the control")
     srm: SrmCheck
     series: ResultsSeries

@@ -17,12 +17,19 @@ from common.stats import quantile
 from common.timeutil import epoch_to_iso
 from router import analysis as st
 from router.experiments import Experiment
+from router.sequential import sequential_test
+from router.unit_stats import RatioEstimate, ratio_by_units, ratio_difference
 
-__all__ = ["BIN_CHOICES", "compute_results"]
+__all__ = ["BIN_CHOICES", "compute_results", "latest_feedback"]
 
 BIN_CHOICES = [(60, "minute"), (300, "5 minutes"), (900, "15 minutes"), (3600, "hour"),
                (6 * 3600, "6 hours"), (86400, "day"), (7 * 86400, "week")]
 MAX_BINS = 48
+ALPHA = 0.05
+# The sequential test's mixture scale and smallest effect worth acting on, as fractions of
+# the metric's range (thumbs: 0..1, scores: score_min..score_max). docs/router.md#decisions.
+TAU_SHARE = 0.1
+MIN_EFFECT_SHARE = 0.02
 
 
 def _round(x: float | None, digits: int = 12) -> float | None:
@@ -33,7 +40,7 @@ def _pair(x: tuple[float, float] | None) -> list[float] | None:
     return None if x is None else [_round(x[0]), _round(x[1])]
 
 
-def _latest_feedback(db: Database, exp_id: int) -> list[tuple]:
+def latest_feedback(db: Database, exp_id: int) -> list[tuple]:
     """(variant, kind, value, ts) of the latest thumb/score per request and kind."""
     return db.execute(
         "SELECT r.variant, f.kind, f.value, f.ts FROM feedback f "
@@ -57,6 +64,45 @@ def _score_stats(values: list[float]) -> dict:
     sd = statistics.stdev(values) if n > 1 else None
     ci = st.mean_interval(mean, sd, n) if sd is not None else None
     return {"n": n, "mean": _round(mean), "sd": _round(sd), "ci95": _pair(ci)}
+
+
+def _per_unit(db: Database, exp_id: int, kind: str) -> dict[str, list[tuple[float, float]]]:
+    """(sum of values, ratings) per user and variant; a request without a user is its own user."""
+    rows = db.execute(
+        "SELECT r.variant, COALESCE('u:' || r.unit, 'r:' || r.id) AS who, SUM(f.value), COUNT(*) "
+        "FROM feedback f JOIN requests r ON r.id = f.request_id "
+        "WHERE r.experiment_id = ? AND r.exposed = 1 AND f.kind = ? "
+        "AND f.id = (SELECT MAX(g.id) FROM feedback g "
+        "            WHERE g.request_id = f.request_id AND g.kind = f.kind) "
+        "GROUP BY r.variant, who",
+        [exp_id, kind],
+    ).fetchall()
+    out: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for variant, _who, total, count in rows:
+        out[variant].append((float(total), float(count)))
+    return out
+
+
+def _unit_stats(est: RatioEstimate) -> dict:
+    return {"users": est.users, "ratings": int(est.denominator), "value": _round(est.ratio),
+            "se": _round(est.se), "ci95": _pair(est.ci95())}
+
+
+def _unit_lift(exp: Experiment, control: RatioEstimate, variant: RatioEstimate) -> dict:
+    diff = ratio_difference(control, variant)
+    scale = 1.0 if exp.metric == "thumbs" else exp.score_max - exp.score_min
+    seq = None
+    if diff["variance"] is not None:
+        seq = sequential_test(diff["absolute"], diff["variance"], tau=TAU_SHARE * scale,
+                              min_effect=MIN_EFFECT_SHARE * scale, alpha=ALPHA)
+    return {
+        "test": "delta method over users (z)", "absolute": _round(diff["absolute"]),
+        "absolute_ci95": _pair(diff["ci95"]), "z": _round(diff["z"]), "p_value": _round(diff["p_value"]),
+        "sequential": None if seq is None else {
+            k: (_pair(v) if k == "confidence_sequence" else _round(v) if isinstance(v, float) else v)
+            for k, v in seq.as_dict().items()},
+        "decision": "keep-running" if seq is None else seq.decision,
+    }
 
 
 def _lift(metric: str, control: dict, variant: dict) -> dict:
@@ -163,7 +209,7 @@ def compute_results(db: Database, exp: Experiment) -> dict:
                        "completion_mean": _round(row[4], 6)},
             "finish_reasons": finish,
         }
-    events = _latest_feedback(db, exp.id)
+    events = latest_feedback(db, exp.id)
     thumbs: dict[str, list[float]] = defaultdict(list)
     scores: dict[str, list[float]] = defaultdict(list)
     for variant, kind, value, _ts in events:
@@ -176,6 +222,13 @@ def compute_results(db: Database, exp: Experiment) -> dict:
     for ref in refs:
         base[ref]["lift"] = None if ref == exp.control else _lift(
             exp.metric, control[key], base[ref][key])
+    units = _per_unit(db, exp.id, "thumb" if exp.metric == "thumbs" else "score")
+    estimates = {ref: ratio_by_units(units.get(ref, [])) for ref in refs}
+    for ref in refs:
+        base[ref]["per_user"] = _unit_stats(estimates[ref])
+        base[ref]["per_user_lift"] = None if ref == exp.control else _unit_lift(
+            exp, estimates[exp.control], estimates[ref])
+    decisions = {ref: base[ref]["per_user_lift"]["decision"] for ref in refs if ref != exp.control}
     return {
         "experiment": exp.as_dict(),
         "metric": exp.metric,
@@ -189,8 +242,14 @@ def compute_results(db: Database, exp: Experiment) -> dict:
             "chance_to_win": "P(variant > control), Beta(1+pos, 1+neg) posteriors, exact",
             "srm": f"chi-square goodness of fit on units vs weights, flagged at p < {st.SRM_THRESHOLD}",
             "counting": "exposed requests only; latest thumb/score per request",
+            "per_user": "ratio of per-user sums; delta-method variance over users (the randomisation "
+                        "unit); a request without a user id is a user of its own",
+            "sequential": f"mixture SPRT on the per-user difference, alpha {ALPHA}, tau "
+                          f"{TAU_SHARE} and min_effect {MIN_EFFECT_SHARE} of the metric's range; "
+                          "valid however often it is read",
         },
         "variants": [base[ref] for ref in refs],
+        "decisions": decisions,
         "srm": _srm(db, exp),
         "series": _series(events, refs, exp.metric, exp.score_min, exp.score_max),
     }

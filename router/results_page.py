@@ -9,7 +9,7 @@ from html import escape
 
 from common.timeutil import iso_to_epoch
 
-__all__ = ["COLOURS", "render_results_page"]
+__all__ = ["COLOURS", "DECISION_WORDS", "render_results_page"]
 
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b"]
 _W, _H = 960, 380
@@ -94,6 +94,38 @@ def _chart(series: dict, refs: list[str], pct: bool) -> str:
     return f'<div class="legend">{legend}</div>' + "".join(parts)
 
 
+DECISION_WORDS = {
+    "keep-running": "keep running: no decision yet",
+    "variant-wins": "variant wins",
+    "control-wins": "control wins",
+    "no-difference": "no difference that matters: the whole confidence sequence is within ±min effect",
+}
+
+
+def _decisions(results: dict, pct: bool) -> str:
+    """The decision table: per-user values and the sequential test, valid however often read."""
+    rows = []
+    for v in results["variants"]:
+        u, lift = v["per_user"], v["per_user_lift"] or {}
+        seq = lift.get("sequential") or {}
+        decision = lift.get("decision")
+        cls = {"variant-wins": "wins", "control-wins": "loses"}.get(decision or "", "")
+        rows.append(
+            "<tr>"
+            f"<td>{escape(v['variant'])}{' <em>(control)</em>' if v['is_control'] else ''}</td>"
+            f"<td>{u['users']}</td><td>{u['ratings']}</td><td>{_fmt(u['value'], pct)}</td>"
+            f"<td>{_ci(u['ci95'], pct)}</td><td>{_fmt(lift.get('absolute'), pct)}</td>"
+            f"<td>{_ci(seq.get('confidence_sequence'), pct)}</td>"
+            f"<td>{_fmt(seq.get('p_value'), digits=3)}</td><td>{_fmt(seq.get('mde'), pct)}</td>"
+            f'<td class="decision {cls}">'
+            f"{escape(DECISION_WORDS.get(decision, '–') if decision else '–')}</td></tr>")
+    return f"""<h2>Decision (per user, sequential test)</h2>
+<table><thead><tr><th>variant</th><th>users rated</th><th>ratings</th><th>per-user value</th>
+<th>95% interval (users)</th><th>abs. lift</th><th>95% confidence sequence</th>
+<th>always-valid p</th><th>MDE now</th><th>decision</th></tr></thead>
+<tbody>{''.join(rows)}</tbody></table>"""
+
+
 def render_results_page(results: dict) -> str:
     exp = results["experiment"]
     metric = results["metric"]
@@ -118,6 +150,7 @@ def render_results_page(results: dict) -> str:
             f"<td>{_fmt(v['latency_ms']['p50'])} / {_fmt(v['latency_ms']['p95'])}</td>"
             f"<td>{v['tokens']['prompt']} / {v['tokens']['completion']}</td>"
             "</tr>")
+    decision_html = _decisions(results, pct)
     srm = results["srm"]
     if srm["p_value"] is None:
         srm_html = '<p class="srm">Sample-ratio check: not enough units yet.</p>'
@@ -144,6 +177,7 @@ th {{ background: #f5f5f5; }} td:first-child {{ text-align: left; }}
 .legend .key {{ margin-right: 16px; }}
 .swatch {{ display: inline-block; width: 12px; height: 12px; margin-right: 4px; }}
 .meta {{ color: #555; }}
+.decision {{ font-weight: bold; }} .wins {{ color: #1b5e20; }} .loses {{ color: #b00020; }}
 </style></head><body>
 <h1>Experiment {escape(exp['name'])}</h1>
 <p class="meta">alias <b>{escape(exp['alias'])}</b> · status {escape(exp['status'])} ·
@@ -152,6 +186,7 @@ generated {escape(results['generated_at'])}</p>
 {srm_html}
 <h2>{value_name.capitalize()} over time (cumulative, 95% interval)</h2>
 {_chart(results['series'], refs, pct)}
+{decision_html}
 <h2>Per variant</h2>
 <table><thead><tr><th>variant</th><th>weight</th><th>requests</th><th>users</th>
 <th>feedback</th><th>feedback rate</th><th>n ({escape(key)})</th><th>{value_name}</th>

@@ -11,12 +11,14 @@ lock (admin, feedback, results are not on the hot path).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from router.assignment import bucket_of, bucket_ranges, pick, random_bucket
+from router.bandit import thompson_weights
 from router.errors import InvalidExperiment, RouterError
 from router.experiments import (
     ACTIVE,
@@ -35,7 +37,7 @@ from router.feedback import Caller, FeedbackRecord, record_feedback
 from router.migrations import open_db
 from router.protocol import FeedbackIn
 from router.requestlog import RequestLogWriter, RequestRecord, Route
-from router.results import compute_results
+from router.results import compute_results, latest_feedback
 
 __all__ = ["RegistryLike", "Router"]
 
@@ -86,6 +88,10 @@ class Router:
         self._route_lock = threading.Lock()
         self._writer = RequestLogWriter(self.db_path)
         self._table: dict[str, _Compiled] = {}
+        # Bandit experiments: unit -> variant ref of every unit already assigned, and the
+        # last request-log id read into it (router/bandit.py says why users must stay put).
+        self._assigned: dict[int, dict[str, str]] = {}
+        self._assigned_upto: dict[int, int] = {}
         if registry is not None:
             registry.add_delete_guard(self.delete_guard)
         self._reload()
@@ -103,6 +109,13 @@ class Router:
         else:
             bucket = bucket_of(exp.salt, unit) if unit else random_bucket()
             index, exposed = pick(bucket, compiled.ends), True
+            if exp.mode == "bandit" and unit:
+                assigned = self._assigned.setdefault(exp.id, {})
+                kept = assigned.get(unit)
+                if kept is None:
+                    assigned[unit] = compiled.refs[index]
+                else:
+                    index = compiled.refs.index(kept)
         ref = compiled.refs[index]
         is_base = ref == BASE_REF
         return Route(
@@ -146,7 +159,45 @@ class Router:
             refs = tuple(v.ref for v in exp.variants)
             ends = tuple(end for _start, end in bucket_ranges([v.weight for v in exp.variants]))
             table[exp.alias] = _Compiled(exp, ends, refs, refs.index(exp.control))
+            if exp.mode == "bandit":
+                self._load_assignments(exp)
         self._table = table
+
+    def _load_assignments(self, exp: Experiment) -> None:
+        """Add units first seen in the log since the last read; what this process assigned
+        (possibly not yet written) wins."""
+        upto = self._assigned_upto.get(exp.id, 0)
+        with self._route_lock:
+            rows = self._route_db.execute(
+                "SELECT unit, variant, id FROM requests WHERE experiment_id = ? AND exposed = 1 "
+                "AND unit IS NOT NULL AND id > ? ORDER BY id", [exp.id, upto]).fetchall()
+        assigned = self._assigned.setdefault(exp.id, {})
+        for unit, variant, row_id in rows:
+            assigned.setdefault(unit, variant)
+            upto = row_id
+        self._assigned_upto[exp.id] = upto
+
+    def update_bandits(self, now: float | None = None, *, force: bool = False) -> list[str]:
+        """Recompute the weights of running bandit experiments whose interval has passed
+        (all of them with `force`); returns their names. Called by the server's reconcile loop."""
+        now = time.time() if now is None else now
+        due = [c.exp for c in self._table.values() if c.exp.mode == "bandit"
+               and c.exp.status == "running"
+               and (force or now - (c.exp.weights_changed_at or c.exp.started_at or 0)
+                    >= c.exp.bandit_interval_s)]
+        for exp in due:
+            self._writer.flush()
+            with self._lock:
+                events = latest_feedback(self._db, exp.id)
+            counts = {v.ref: [0, 0] for v in exp.variants}
+            for variant, kind, value, _ts in events:
+                if kind == "thumb" and variant in counts:
+                    counts[variant][0 if value else 1] += 1
+            weights, _p_best = thompson_weights(
+                [tuple(counts[v.ref]) for v in exp.variants], min_share=exp.min_share,
+                seed=exp.id * 1_000_003 + len(events))
+            self.set_weights(exp.name, list(zip([v.ref for v in exp.variants], weights, strict=True)))
+        return [exp.name for exp in due]
 
     # -- experiments -------------------------------------------------------------------
 
@@ -231,7 +282,7 @@ class Router:
         self._reload()
 
     def delete_guard(self, version: Any) -> str | None:
-        """Registry hook: why `version` (an AdapterVersion) may not be deleted, or None.
+        """Registry hook: why `version` (an AdapterVersion) may not be archived or deleted, or None.
 
         Reads the database afresh on its own connection: deletes are rare, and the guard
         must answer from what any process has started, even after this Router closed.

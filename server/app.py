@@ -24,7 +24,7 @@ from adapters import Registry
 from router import Router
 from server import routes_experiments, routes_feedback
 from server.auth import KeyStore
-from server.auth_deps import require_admin, require_inference
+from server.auth_deps import require_experiment_access, require_inference
 from server.catalog import ModelCatalog
 from server.config import ServerConfig
 from server.engine import EngineUnavailable
@@ -178,7 +178,7 @@ def create_app(config: ServerConfig, *, engine, registry: Registry, router: Rout
     app.add_middleware(RequestIdMiddleware, metrics=metrics)
     app.include_router(openai_router)
     app.include_router(admin_router)
-    app.include_router(routes_experiments.api, dependencies=[Depends(require_admin)])
+    app.include_router(routes_experiments.api, dependencies=[Depends(require_experiment_access)])
     app.include_router(routes_feedback.api, dependencies=[Depends(require_inference)])
 
     @app.get("/health")

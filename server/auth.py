@@ -2,7 +2,8 @@
 
 Why sha256 and not a slow KDF: the keys are 192-bit random tokens, not passwords; a fast hash
 is enough against a stolen database and keeps the per-request check cheap. Scopes:
-`inference` (the /v1 routes) and `admin` (everything, admin routes included).
+`inference` (the /v1 routes), `analyst` (reading experiments and their results, nothing
+else: no inference, no writes) and `admin` (everything, admin routes included).
 
 Why a cache: the request path reads no SQL. The active keys (hash -> id, scope) are held in
 memory, re-read by `refresh()` (the server's reconcile loop, so a key created or revoked by
@@ -24,7 +25,7 @@ from common.timeutil import utc_now_iso
 
 __all__ = ["SCOPES", "KeyStore", "migrations"]
 
-SCOPES = ("inference", "admin")
+SCOPES = ("inference", "analyst", "admin")
 PREFIX = "lsk-"
 
 
@@ -44,9 +45,30 @@ def m001_api_keys(db: Database) -> None:
     )
 
 
-# This package's steps, oldest first (never edited once shipped; add m002_... at the end).
+def m002_analyst_scope(db: Database) -> None:
+    # SQLite cannot change a CHECK constraint in place: rebuild the table with the new one.
+    db.execute(
+        """
+        CREATE TABLE api_keys_new (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL,
+            prefix TEXT NOT NULL,
+            hash TEXT NOT NULL UNIQUE,
+            scope TEXT NOT NULL CHECK (scope IN ('inference', 'analyst', 'admin')),
+            created_at TEXT NOT NULL,
+            revoked_at TEXT
+        )
+        """
+    )
+    db.execute("INSERT INTO api_keys_new SELECT id, name, prefix, hash, scope, created_at, "
+               "revoked_at FROM api_keys")
+    db.execute("DROP TABLE api_keys")
+    db.execute("ALTER TABLE api_keys_new RENAME TO api_keys")
+
+
+# This package's steps, oldest first (never edited once shipped; add m003_... at the end).
 migrations = Migrations("loraswap.server")
-for _step in (m001_api_keys,):
+for _step in (m001_api_keys, m002_analyst_scope):
     migrations()(_step)
 
 

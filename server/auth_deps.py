@@ -6,7 +6,9 @@ from fastapi import Request
 
 from server.errors import PermissionDenied, Unauthorized
 
-__all__ = ["require_admin", "require_inference"]
+__all__ = ["require_admin", "require_experiment_access", "require_inference"]
+
+_READS = ("GET", "HEAD")
 
 
 def _scope(request: Request) -> str | None:
@@ -30,11 +32,25 @@ def _scope(request: Request) -> str | None:
 
 
 def require_inference(request: Request) -> None:
-    _scope(request)
+    if _scope(request) == "analyst":
+        raise PermissionDenied("This key has the 'analyst' scope: it reads experiments and "
+                               "their results (/admin/experiments), nothing else.")
 
 
 def require_admin(request: Request) -> None:
     scope = _scope(request)
     if scope is not None and scope != "admin":
-        raise PermissionDenied("This key has the 'inference' scope; admin routes need an "
+        raise PermissionDenied(f"This key has the '{scope}' scope; admin routes need an "
                                "'admin' key.")
+
+
+def require_experiment_access(request: Request) -> None:
+    """Admin keys do anything here; analyst keys read (experiments, results, the page)."""
+    scope = _scope(request)
+    if scope is None or scope == "admin" or (scope == "analyst" and request.method in _READS):
+        return
+    if scope == "analyst":
+        raise PermissionDenied("This key has the 'analyst' scope: it can read experiments and "
+                               "results but not change them; that needs an 'admin' key.")
+    raise PermissionDenied("This key has the 'inference' scope; experiment routes need an "
+                           "'analyst' key (read) or an 'admin' key.")

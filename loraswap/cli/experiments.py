@@ -43,6 +43,9 @@ def _show(exp: Any) -> None:
         rows.append(("score range", f"{exp.score_min:g}..{exp.score_max:g}"))
     if exp.labels:
         rows.append(("labels", ", ".join(exp.labels)))
+    if exp.mode == "bandit":
+        rows.append(("mode", f"bandit (Thompson sampling every {exp.bandit_interval_s:g} s, "
+                             f"min share {exp.min_share:.0%})"))
     data = exp.as_dict()
     for key in ("created_at", "started_at", "stopped_at", "weights_changed_at"):
         if data[key]:
@@ -76,20 +79,29 @@ def command() -> None:
 @click.option("--label", "labels", multiple=True, help="Allowed categorical labels.")
 @click.option("--description", default="")
 @click.option("--salt", default=None, help="Assignment salt (default: random).")
+@click.option("--bandit", is_flag=True,
+              help="Thompson sampling sets the weights on a schedule (thumbs metric); users "
+                   "already assigned keep their variant.")
+@click.option("--min-share", type=float, default=0.1, show_default=True,
+              help="Bandit: the least share of new users any variant gets.")
+@click.option("--bandit-interval", type=float, default=60.0, show_default=True,
+              help="Bandit: seconds between weight updates (by the running server).")
 @click.option("--start", "start_now", is_flag=True, help="Start it right away.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_settings
 @_errors
 def create(settings: Settings, alias: str, variants: tuple[str, ...], name: str | None,
            control: str | None, metric: str, retention: bool, score_range: tuple[float, float],
-           labels: tuple[str, ...], description: str, salt: str | None, start_now: bool,
-           as_json: bool) -> None:
+           labels: tuple[str, ...], description: str, salt: str | None, bandit: bool,
+           min_share: float, bandit_interval: float, start_now: bool, as_json: bool) -> None:
     """Create an experiment on ALIAS (a draft until started)."""
     with router_session(settings) as router:
         exp = router.create(
             alias=alias, variants=_variants(variants), name=name, control=control,
             metric=metric, retention=retention, score_min=score_range[0],
-            score_max=score_range[1], labels=list(labels), description=description, salt=salt)
+            score_max=score_range[1], labels=list(labels), description=description, salt=salt,
+            mode="bandit" if bandit else "fixed", min_share=min_share,
+            bandit_interval_s=bandit_interval)
         if start_now:
             exp = router.start(exp.name)
         print_json(exp.as_dict()) if as_json else _show(exp)
@@ -227,3 +239,14 @@ def results(settings: Settings, name: str, as_json: bool, html_out: str | None) 
         verdict = "MISMATCH (do not trust the lift)" if srm["flagged"] else "ok"
         click.echo(f"SRM: {verdict}: chi2={_num(srm['chi2'] if srm['chi2'] != 'inf' else None)} "
                    f"p={_num(srm['p_value'])} units={srm['units']}")
+    for v in data["variants"]:
+        lift = v["per_user_lift"]
+        if lift is None:
+            continue
+        seq = lift["sequential"] or {}
+        cs = seq.get("confidence_sequence")
+        click.echo(
+            f"decision {v['variant']}: {lift['decision']} (per user: {v['per_user']['users']} users, "
+            f"lift {fmt(lift['absolute'])}, 95% confidence sequence "
+            f"{f'{fmt(cs[0])}..{fmt(cs[1])}' if cs else '-'}, always-valid p "
+            f"{_num(seq.get('p_value'))}, MDE now {fmt(seq.get('mde'))})")

@@ -54,6 +54,10 @@ def test_cli_with_the_real_registry(peft_adapter, tmp_path, monkeypatch):
     try:
         with pytest.raises(AdapterInUse, match="variant of experiment bot"):
             reg.delete("support@1")
+        # archiving would stop serving it too, and that arm's users would get 404s
+        with pytest.raises(AdapterInUse, match="cannot archive support@1: it is a variant"):
+            reg.archive("support@1")
+        assert reg.get("support@1").status == "active"
         for i in range(40):
             route = router.route("bot", f"u{i}")
             router.log_request(RequestRecord(
@@ -71,6 +75,8 @@ def test_cli_with_the_real_registry(peft_adapter, tmp_path, monkeypatch):
     html = tmp_path / "page.html"
     res = run(cli, ["experiments", "results", "bot", "--html", str(html)])
     assert res.exit_code == 0 and "SRM: ok" in res.output and "support@1 (control)" in res.output
+    decision = data["decisions"]["support@2"]
+    assert f"decision support@2: {decision} (per user: " in res.output
     assert "<svg" in html.read_text()
     res = run(cli, ["experiments", "weights", "bot", "--variant", "support@1=9",
                     "--variant", "support@2=1"])

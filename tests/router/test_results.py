@@ -130,3 +130,50 @@ def test_paused_requests_are_not_counted(router: Router, routed):
     routed(router, "bot", range(10, 15))
     res = router.results("bot")
     assert sum(v["requests"] for v in res["variants"]) == 10
+
+
+def test_per_user_statistics_count_users_not_requests(router: Router):
+    """12 users per variant, 20 rated requests each, users differing in taste: the per-user
+    interval is recomputed here with numpy and is wider than the request-level one."""
+    rng = random.Random(7)
+    router.create(alias="bot", variants=[("support@1", 50), ("support@2", 50)])
+    router.start("bot")
+    base = router.route("bot", "someone")
+    raw: dict[str, list[tuple[int, int]]] = {}
+    for variant, offset in (("support@1", 0.0), ("support@2", 0.1)):
+        raw[variant] = []
+        for u in range(12):
+            taste = min(0.95, max(0.05, rng.uniform(0.2, 0.8) + offset))
+            ups = 0
+            for i in range(20):
+                route = dataclasses.replace(base, variant=variant, target=variant, unit=f"{variant}-u{u}")
+                rid = f"{variant}-u{u}-{i}"
+                router.log_request(RequestRecord(request_id=rid, model="bot", served=variant,
+                                                 route=route, user=route.unit, latency_ms=10.0))
+                up = rng.random() < taste
+                ups += up
+                router.record_feedback(FeedbackIn(request_id=rid, thumb="up" if up else "down"))
+            raw[variant].append((ups, 20))
+    res = router.results("bot")
+    control, variant = res["variants"]
+    for row in (control, variant):
+        data = np.array(raw[row["variant"]], dtype=float)
+        y, n = data[:, 0], data[:, 1]
+        r = y.sum() / n.sum()
+        cov = np.cov(y, n, ddof=1)
+        var = (cov[0, 0] - 2 * r * cov[0, 1] + r * r * cov[1, 1]) / (len(y) * n.mean() ** 2)
+        assert row["users"] == 12 and row["per_user"]["users"] == 12
+        assert row["per_user"]["ratings"] == 240
+        assert row["per_user"]["value"] == pytest.approx(row["thumbs"]["rate"], abs=1e-9)
+        assert row["per_user"]["se"] == pytest.approx(np.sqrt(var), rel=1e-6)
+        request_half = (row["thumbs"]["ci95"][1] - row["thumbs"]["ci95"][0]) / 2
+        per_user_half = (row["per_user"]["ci95"][1] - row["per_user"]["ci95"][0]) / 2
+        assert per_user_half > request_half
+    lift = variant["per_user_lift"]
+    assert lift["absolute"] == pytest.approx(variant["per_user"]["value"] - control["per_user"]["value"])
+    seq = lift["sequential"]
+    lo, hi = seq["confidence_sequence"]
+    assert lo < lift["absolute"] < hi
+    assert (seq["p_value"] <= 0.05) == (lo > 0 or hi < 0)
+    assert res["decisions"] == {"support@2": lift["decision"]} and lift["decision"] == seq["decision"]
+    assert control["per_user_lift"] is None

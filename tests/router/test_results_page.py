@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from router import FeedbackIn, RequestRecord, Router
-from router.results_page import COLOURS, render_results_page
+from router.results_page import COLOURS, DECISION_WORDS, render_results_page
 
 DAY = 86400.0
 T0 = 1_780_000_000.0
@@ -70,6 +70,8 @@ def test_results_page_renders_a_chart_in_chromium(router: Router, tmp_path: Path
     series = results["series"]
     assert series["bin"] in ("6 hours", "day", "hour") and len(series["variants"]["support@1"]) > 4
     html = render_results_page(results)
+    decision = results["decisions"]["support@2"]
+    assert '<td class="decision' in html and DECISION_WORDS[decision] in html
     assert "http://" not in html.replace("http://www.w3.org/2000/svg", "")  # no network
     shot = _screenshot(html, tmp_path / "full")
     drawn = [_count(shot, c) for c in COLOURS[:2]]

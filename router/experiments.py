@@ -13,12 +13,13 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from sqlite_utils import Database
 
 from common.timeutil import epoch_to_iso
 from router.errors import ExperimentConflict, ExperimentNotFound, InvalidExperiment
+from router.guardrails import check_guardrails_spec
 
 __all__ = [
     "ACTIVE",
@@ -26,6 +27,7 @@ __all__ = [
     "Experiment",
     "Variant",
     "create_experiment",
+    "cut_variant",
     "delete_experiment",
     "get_experiment",
     "list_experiments",
@@ -71,6 +73,8 @@ class Experiment:
     mode: str = "fixed"  # or "bandit" (router/bandit.py)
     min_share: float = 0.1  # bandit: every variant keeps at least this share of new users
     bandit_interval_s: float = 60.0  # bandit: how often the weights are recomputed
+    guardrails: dict = field(default_factory=dict)  # limit -> value (router/guardrails.py)
+    cut: tuple[tuple[str, str, float], ...] = ()  # (variant, reason, when) cut by a guardrail
 
     def as_dict(self) -> dict:
         data = asdict(self)
@@ -78,11 +82,13 @@ class Experiment:
         data["variants"] = [asdict(v) for v in self.variants]
         for key in ("created_at", "started_at", "stopped_at", "weights_changed_at"):
             data[key] = epoch_to_iso(data[key])
+        data["guardrails"] = dict(self.guardrails)
+        data["cut"] = [{"variant": v, "reason": r, "at": epoch_to_iso(t)} for v, r, t in self.cut]
         del data["salt"]
         return data
 
 
-def _row_to_experiment(row: dict, variants: Sequence[Variant]) -> Experiment:
+def _row_to_experiment(row: dict, variants: Sequence[Variant], cut: Sequence[tuple] = ()) -> Experiment:
     return Experiment(
         id=row["id"], name=row["name"], alias=row["alias"], salt=row["salt"],
         status=row["status"], metric=row["metric"], control=row["control"],
@@ -92,6 +98,7 @@ def _row_to_experiment(row: dict, variants: Sequence[Variant]) -> Experiment:
         started_at=row["started_at"], stopped_at=row["stopped_at"],
         weights_changed_at=row["weights_changed_at"], variants=tuple(variants),
         mode=row["mode"], min_share=row["min_share"], bandit_interval_s=row["bandit_interval_s"],
+        guardrails=json.loads(row["guardrails"]), cut=tuple(cut),
     )
 
 
@@ -107,7 +114,13 @@ def _fetch(db: Database, where: str, params: Sequence) -> list[Experiment]:
     cursor = db.execute(f"SELECT * FROM experiments WHERE {where} ORDER BY id", params)
     cols = [c[0] for c in cursor.description]
     rows = [dict(zip(cols, r, strict=True)) for r in cursor.fetchall()]
-    return [_row_to_experiment(r, _variants(db, r["id"])) for r in rows]
+    return [_row_to_experiment(r, _variants(db, r["id"]), _cut(db, r["id"])) for r in rows]
+
+
+def _cut(db: Database, experiment_id: int) -> list[tuple[str, str, float]]:
+    return [tuple(r) for r in db.execute(
+        "SELECT variant, reason, ts FROM experiment_events WHERE experiment_id = ? "
+        "AND kind = 'guardrail' ORDER BY id", [experiment_id]).fetchall()]
 
 
 def get_experiment(db: Database, name: str) -> Experiment:
@@ -153,6 +166,7 @@ def create_experiment(
     mode: str = "fixed",
     min_share: float = 0.1,
     bandit_interval_s: float = 60.0,
+    guardrails: dict | None = None,
     resolve: Callable[[str], str] = lambda ref: ref,
 ) -> Experiment:
     """Insert a draft. `resolve` pins each ref to `name@version` (or raises InvalidExperiment)."""
@@ -168,6 +182,7 @@ def create_experiment(
     pinned = [Variant(resolve(v.ref), int(v.weight)) for v in variants]
     _check_weights(pinned)
     _check_mode(mode, metric, min_share, bandit_interval_s, len(pinned))
+    limits = check_guardrails_spec(guardrails or {})
     refs = [v.ref for v in pinned]
     if control is None:
         control_ref = refs[0]
@@ -190,10 +205,11 @@ def create_experiment(
         cursor = db.execute(
             "INSERT INTO experiments (name, alias, salt, status, metric, control, retention, "
             "score_min, score_max, labels, description, created_at, mode, min_share, "
-            "bandit_interval_s) VALUES (?, ?, ?, 'draft', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "bandit_interval_s, guardrails) VALUES (?, ?, ?, 'draft', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+            "?, ?)",
             [name, alias, salt or secrets.token_hex(8), metric, control_ref, int(retention),
              float(score_min), float(score_max), json.dumps(list(labels)), description,
-             time.time(), mode, float(min_share), float(bandit_interval_s)],
+             time.time(), mode, float(min_share), float(bandit_interval_s), json.dumps(limits)],
         )
         _write_variants(db, cursor.lastrowid, pinned)
     return get_experiment(db, name)
@@ -283,6 +299,23 @@ def set_weights(db: Database, name: str, variants: Sequence[Variant]) -> Experim
     return get_experiment(db, name)
 
 
+def cut_variant(db: Database, name: str, variant: str, reason: str) -> Experiment:
+    """Give `variant` weight 0 and record why, in one transaction (a guardrail's rollback)."""
+    with db.atomic():
+        exp = get_experiment(db, name)
+        if exp.status != "running" or variant == exp.control:
+            return exp
+        new = [Variant(v.ref, 0 if v.ref == variant else v.weight) for v in exp.variants]
+        if sum(v.weight for v in new) <= 0:
+            new = [Variant(v.ref, 1 if v.ref == exp.control else 0) for v in exp.variants]
+        _write_variants(db, exp.id, new)
+        now = time.time()
+        db.execute("UPDATE experiments SET weights_changed_at = ? WHERE id = ?", [now, exp.id])
+        db.execute("INSERT INTO experiment_events (experiment_id, ts, kind, variant, reason) "
+                   "VALUES (?, ?, 'guardrail', ?, ?)", [exp.id, now, variant, reason])
+    return get_experiment(db, name)
+
+
 def delete_experiment(db: Database, name: str) -> None:
     """Only experiments that never served a request: the others keep their data; stop them."""
     with db.atomic():
@@ -294,4 +327,5 @@ def delete_experiment(db: Database, name: str) -> None:
                 f"experiment {name!r} has logged requests; it stays (stopped) for analysis"
             )
         db.execute("DELETE FROM experiment_variants WHERE experiment_id = ?", [exp.id])
+        db.execute("DELETE FROM experiment_events WHERE experiment_id = ?", [exp.id])
         db.execute("DELETE FROM experiments WHERE id = ?", [exp.id])

@@ -118,6 +118,25 @@ def m003_bandit_mode(db: Database) -> None:
     db.execute("CREATE INDEX requests_experiment_unit ON requests(experiment_id, unit, id)")
 
 
+@migrations()
+def m004_guardrails(db: Database) -> None:
+    # Limits per experiment (router/guardrails.py) and what happened because of them.
+    db.execute("ALTER TABLE experiments ADD COLUMN guardrails TEXT NOT NULL DEFAULT '{}'")
+    db.execute(
+        """
+        CREATE TABLE experiment_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+            ts REAL NOT NULL,
+            kind TEXT NOT NULL,
+            variant TEXT,
+            reason TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX experiment_events_experiment ON experiment_events(experiment_id, id)")
+
+
 def open_db(path: Path) -> Database:
     """The shared file with the router's tables migrated (common.sqlite.open_db).
 

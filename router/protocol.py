@@ -78,6 +78,10 @@ class ExperimentCreate(_Admin):
                              description="bandit: the least share of new users any variant gets")
     bandit_interval_s: float = Field(default=60.0, gt=0, le=86400,
                                      description="bandit: seconds between weight updates")
+    guardrails: dict[str, float] = Field(
+        default_factory=dict,
+        description="limits: latency_p95_ms, error_rate, negative_rate, tokens_per_request, "
+                    "min_requests (docs/router.md#guardrails)")
 
 
 class WeightsUpdate(_Admin):
@@ -151,6 +155,12 @@ class VariantWeight(_Wire):
     weight: int
 
 
+class GuardrailCut(_Wire):
+    variant: str
+    reason: str
+    at: str
+
+
 class ExperimentInfo(_Wire):
     """An experiment as `Experiment.as_dict()` gives it (the salt stays private)."""
 
@@ -174,6 +184,8 @@ class ExperimentInfo(_Wire):
     mode: Literal["fixed", "bandit"]
     min_share: float
     bandit_interval_s: float
+    guardrails: dict[str, float]
+    cut: list[GuardrailCut] = Field(description="variants a guardrail cut off, with the reason")
 
 
 class _ExperimentObject(_Wire):

@@ -119,7 +119,10 @@ def _decisions(results: dict, pct: bool) -> str:
             f"<td>{_fmt(seq.get('p_value'), digits=3)}</td><td>{_fmt(seq.get('mde'), pct)}</td>"
             f'<td class="decision {cls}">'
             f"{escape(DECISION_WORDS.get(decision, '–') if decision else '–')}</td></tr>")
-    return f"""<h2>Decision (per user, sequential test)</h2>
+    cuts = "".join(
+        f'<p class="srm bad">Guardrail cut {escape(c["variant"])} at {escape(c["at"])}: '
+        f'{escape(c["reason"])}; it gets no new users.</p>' for c in results["experiment"]["cut"])
+    return f"""{cuts}<h2>Decision (per user, sequential test)</h2>
 <table><thead><tr><th>variant</th><th>users rated</th><th>ratings</th><th>per-user value</th>
 <th>95% interval (users)</th><th>abs. lift</th><th>95% confidence sequence</th>
 <th>always-valid p</th><th>MDE now</th><th>decision</th></tr></thead>

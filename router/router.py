@@ -26,6 +26,7 @@ from router.experiments import (
     Experiment,
     Variant,
     create_experiment,
+    cut_variant,
     delete_experiment,
     get_experiment,
     list_experiments,
@@ -34,6 +35,7 @@ from router.experiments import (
 )
 from router.export import ExportResult, export_feedback
 from router.feedback import Caller, FeedbackRecord, record_feedback
+from router.guardrails import breach
 from router.migrations import open_db
 from router.protocol import FeedbackIn
 from router.requestlog import RequestLogWriter, RequestRecord, Route
@@ -49,12 +51,16 @@ class RegistryLike(Protocol):
     def add_delete_guard(self, fn: Any) -> None: ...
 
 
+GUARDRAIL_CHECK_S = 2.0  # how often a running experiment's guardrails are evaluated
+
+
 @dataclass(frozen=True, slots=True)
 class _Compiled:
     exp: Experiment
     ends: tuple[int, ...]
     refs: tuple[str, ...]
     control_index: int
+    cut: frozenset[str]  # variants a guardrail cut: their assigned users move too
 
 
 class Router:
@@ -92,6 +98,7 @@ class Router:
         # last request-log id read into it (router/bandit.py says why users must stay put).
         self._assigned: dict[int, dict[str, str]] = {}
         self._assigned_upto: dict[int, int] = {}
+        self._guard_checked: dict[int, float] = {}  # experiment id -> last guardrail check
         if registry is not None:
             registry.add_delete_guard(self.delete_guard)
         self._reload()
@@ -112,10 +119,10 @@ class Router:
             if exp.mode == "bandit" and unit:
                 assigned = self._assigned.setdefault(exp.id, {})
                 kept = assigned.get(unit)
-                if kept is None:
-                    assigned[unit] = compiled.refs[index]
-                else:
+                if kept is not None and kept not in compiled.cut:
                     index = compiled.refs.index(kept)
+                else:  # new, or their variant was cut by a guardrail: assign afresh
+                    assigned[unit] = compiled.refs[index]
         ref = compiled.refs[index]
         is_base = ref == BASE_REF
         return Route(
@@ -158,7 +165,8 @@ class Router:
         for exp in active:
             refs = tuple(v.ref for v in exp.variants)
             ends = tuple(end for _start, end in bucket_ranges([v.weight for v in exp.variants]))
-            table[exp.alias] = _Compiled(exp, ends, refs, refs.index(exp.control))
+            cut = frozenset(variant for variant, _reason, _ts in exp.cut)
+            table[exp.alias] = _Compiled(exp, ends, refs, refs.index(exp.control), cut)
             if exp.mode == "bandit":
                 self._load_assignments(exp)
         self._table = table
@@ -189,15 +197,45 @@ class Router:
             self._writer.flush()
             with self._lock:
                 events = latest_feedback(self._db, exp.id)
-            counts = {v.ref: [0, 0] for v in exp.variants}
+            cut = {variant for variant, _reason, _ts in exp.cut}
+            live = [v.ref for v in exp.variants if v.ref not in cut]
+            counts = {ref: [0, 0] for ref in live}
             for variant, kind, value, _ts in events:
                 if kind == "thumb" and variant in counts:
                     counts[variant][0 if value else 1] += 1
             weights, _p_best = thompson_weights(
-                [tuple(counts[v.ref]) for v in exp.variants], min_share=exp.min_share,
+                [tuple(counts[ref]) for ref in live], min_share=min(exp.min_share, 1 / len(live)),
                 seed=exp.id * 1_000_003 + len(events))
-            self.set_weights(exp.name, list(zip([v.ref for v in exp.variants], weights, strict=True)))
+            new = dict(zip(live, weights, strict=True))
+            self.set_weights(exp.name, [(v.ref, new.get(v.ref, 0)) for v in exp.variants])
         return [exp.name for exp in due]
+
+    def check_guardrails(self, now: float | None = None, *, force: bool = False) -> list[tuple[str, str, str]]:
+        """Cut every non-control variant of a running experiment that breaches one of its
+        guardrails (router/guardrails.py); returns (experiment, variant, reason) per cut.
+        Each experiment is evaluated at most every GUARDRAIL_CHECK_S unless `force`."""
+        now = time.time() if now is None else now
+        cuts = []
+        for compiled in list(self._table.values()):
+            exp = compiled.exp
+            if exp.status != "running" or not exp.guardrails:
+                continue
+            if not force and now - self._guard_checked.get(exp.id, 0.0) < GUARDRAIL_CHECK_S:
+                continue
+            self._guard_checked[exp.id] = now
+            self._writer.flush()
+            for ref in compiled.refs:
+                if ref == exp.control or ref in compiled.cut:
+                    continue
+                with self._lock:
+                    reason = breach(self._db, exp.id, ref, exp.guardrails)
+                    if reason:
+                        cut_variant(self._db, exp.name, ref, reason)
+                if reason:
+                    cuts.append((exp.name, ref, reason))
+        if cuts:
+            self._reload()
+        return cuts
 
     # -- experiments -------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 Every `interval` seconds, in a worker thread: the model catalog, the router's experiment
 table and the API-key cache are re-read (changes another process made, such as the CLI),
-bandit experiments whose interval has passed get new weights,
+guardrails are checked (a breaching variant loses its traffic), bandit experiments whose
+interval has passed get new weights,
 and the files of every resident adapter are checked against their checksums (re-hashed when
 their stat changed). Then, on the loop: versions that are no longer active, or whose files
 changed, leave the engine once their in-flight requests end.
@@ -39,6 +40,8 @@ class Reconciler:
         self.catalog.refresh()
         self.router.refresh()
         self.keys.refresh()
+        for name, variant, reason in self.router.check_guardrails():
+            log.warning("experiment %s: guardrail cut variant %s: %s", name, variant, reason)
         for name in self.router.update_bandits():
             log.info("bandit experiment %s: weights recomputed", name)
 

@@ -35,6 +35,19 @@ def _variants(values: tuple[str, ...]) -> list[tuple[str, int]]:
     return [_parse_variant(v) for v in values]
 
 
+def _guardrails(values: tuple[str, ...]) -> dict[str, float]:
+    out = {}
+    for value in values:
+        key, sep, number = value.partition("=")
+        try:
+            out[key.strip()] = float(number)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise click.BadParameter(f"expected LIMIT=NUMBER, got {value!r}", param_hint="--guardrail")
+    return out
+
+
 def _show(exp: Any) -> None:
     rows = [("name", exp.name), ("alias", exp.alias), ("status", exp.status),
             ("metric", exp.metric), ("control", exp.control),
@@ -46,6 +59,10 @@ def _show(exp: Any) -> None:
     if exp.mode == "bandit":
         rows.append(("mode", f"bandit (Thompson sampling every {exp.bandit_interval_s:g} s, "
                              f"min share {exp.min_share:.0%})"))
+    for key, limit in exp.guardrails.items():
+        rows.append(("guardrail", f"{key} {limit:g}"))
+    for variant, reason, _at in exp.cut:
+        rows.append(("cut", f"{variant}: {reason}"))
     data = exp.as_dict()
     for key in ("created_at", "started_at", "stopped_at", "weights_changed_at"):
         if data[key]:
@@ -86,6 +103,9 @@ def command() -> None:
               help="Bandit: the least share of new users any variant gets.")
 @click.option("--bandit-interval", type=float, default=60.0, show_default=True,
               help="Bandit: seconds between weight updates (by the running server).")
+@click.option("--guardrail", "guardrails", multiple=True, metavar="LIMIT=NUMBER",
+              help="Cut a variant that breaches this limit: latency_p95_ms, error_rate, "
+                   "negative_rate, tokens_per_request; min_requests before a verdict (default 20).")
 @click.option("--start", "start_now", is_flag=True, help="Start it right away.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_settings
@@ -93,7 +113,8 @@ def command() -> None:
 def create(settings: Settings, alias: str, variants: tuple[str, ...], name: str | None,
            control: str | None, metric: str, retention: bool, score_range: tuple[float, float],
            labels: tuple[str, ...], description: str, salt: str | None, bandit: bool,
-           min_share: float, bandit_interval: float, start_now: bool, as_json: bool) -> None:
+           min_share: float, bandit_interval: float, guardrails: tuple[str, ...], start_now: bool,
+           as_json: bool) -> None:
     """Create an experiment on ALIAS (a draft until started)."""
     with router_session(settings) as router:
         exp = router.create(
@@ -101,7 +122,7 @@ def create(settings: Settings, alias: str, variants: tuple[str, ...], name: str 
             metric=metric, retention=retention, score_min=score_range[0],
             score_max=score_range[1], labels=list(labels), description=description, salt=salt,
             mode="bandit" if bandit else "fixed", min_share=min_share,
-            bandit_interval_s=bandit_interval)
+            bandit_interval_s=bandit_interval, guardrails=_guardrails(guardrails))
         if start_now:
             exp = router.start(exp.name)
         print_json(exp.as_dict()) if as_json else _show(exp)

@@ -77,9 +77,11 @@ def register_adapters():
 @pytest.fixture(scope="session")
 def wide_server(embedded_base: Path, tmp_path_factory: pytest.TempPathFactory):
     """A second server with a free LoRA slot for hot-swapping (max_loras=4), a long drain
-    timeout and a 1 MiB upload limit; test_shutdown.py (last in file order) ends it with SIGTERM."""
+    timeout, a 1 MiB upload limit and the CPU base guard off (test_parity.py proves our CPU
+    kernels serve base requests right without it, here, where every slot can be full);
+    test_shutdown.py (last in file order) ends it with SIGTERM."""
     s = start_server(tmp_path_factory.mktemp("wide"), embedded_base, "--shutdown-timeout", "60",
-                     max_loras=4, LORASWAP_MAX_UPLOAD_MIB="1")
+                     "--no-cpu-base-guard", max_loras=4, LORASWAP_MAX_UPLOAD_MIB="1")
     yield s
     stop_server(s)
 

@@ -80,7 +80,10 @@ def test_409_conflicts_share_one_type(app):
     assert first.status_code == 201
     r = http.post("/v1/feedback", json={"request_id": rid, "thumb": "down", "client_id": "c"})
     assert error(r) == (409, "conflict_error", "client_id_reused")
-    http.post("/admin/adapters/b@1/archive")
+    assert error(http.post("/admin/adapters/b@1/archive")) == (409, "conflict_error",
+                                                               "adapter_in_use")  # a variant
+    assert http.post("/admin/experiments/bot/stop").status_code == 200
+    assert http.post("/admin/adapters/b@1/archive").status_code == 200
     assert error(http.post("/admin/adapters/b@1/load")) == (409, "conflict_error",
                                                            "adapter_not_active")
     view = http.get("/admin/adapters/a@1").json()

@@ -6,9 +6,9 @@ here 4 adapters and the base are in flight at once, and each output must equal
 transformers+peft token for token.
 
 Both servers here run loraswap's CPU LoRA kernels (server/lora_ops_cpu.py, the default), so
-this is also their end-to-end proof. The second one turns the zero-adapter guard off: base
-requests then reach the kernels with "no adapter" (-1) tokens batched among adapter tokens,
-the case vLLM's own ops get wrong.
+this is also their end-to-end proof. The second (the suite's wide server, max_loras=4) runs
+with the zero-adapter guard off: base requests then reach the kernels with "no adapter" (-1)
+tokens batched among adapter tokens, the case vLLM's own ops get wrong.
 """
 
 from __future__ import annotations
@@ -45,14 +45,10 @@ def test_outputs_match_transformers_under_full_slots(server, registered, referen
 
 
 @pytest.fixture(scope="module")
-def unguarded(embedded_base, adapter_dirs, tmp_path_factory, register_adapters,
-              server_lifecycle):
-    start_server, stop_server = server_lifecycle
-    s = start_server(tmp_path_factory.mktemp("unguarded"), embedded_base, "--no-cpu-base-guard")
-    try:
-        yield s, register_adapters(s, adapter_dirs[:4])
-    finally:
-        stop_server(s)
+def unguarded(wide_server, adapter_dirs, register_adapters):
+    """The wide server (guard off, max_loras=4): four adapters and the base fill every slot.
+    Names already registered there (test_hotswap.py) get a second version of the same files."""
+    return wide_server, register_adapters(wide_server, adapter_dirs[:4])
 
 
 def test_kernels_serve_base_requests_right_without_the_guard(unguarded, references, base_id):

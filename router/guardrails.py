@@ -16,14 +16,14 @@ the others are judged against, and what the alias falls back to.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from sqlite_utils import Database
 
 from common.stats import quantile
 from router.errors import InvalidExperiment
 
-__all__ = ["LIMITS", "breach", "check_guardrails_spec"]
+__all__ = ["LIMITS", "breach", "check_guardrails_spec", "thumb_counts"]
 
 # limit -> (description, upper bound on its value or None)
 LIMITS = {
@@ -53,8 +53,18 @@ def check_guardrails_spec(spec: Mapping[str, object]) -> dict[str, float]:
     return out
 
 
-def breach(db: Database, experiment_id: int, variant: str, limits: Mapping[str, float]) -> str | None:
-    """Why `variant` breaches a limit now, or None."""
+def thumb_counts(events: Sequence[tuple]) -> dict[str, tuple[int, int]]:
+    """(up, down) per variant from `router.results.latest_feedback` rows."""
+    counts: dict[str, list[int]] = {}
+    for variant, kind, value, _ts in events:
+        if kind == "thumb":
+            counts.setdefault(variant, [0, 0])[0 if value else 1] += 1
+    return {variant: (up, down) for variant, (up, down) in counts.items()}
+
+
+def breach(db: Database, experiment_id: int, variant: str, limits: Mapping[str, float],
+           thumbs: tuple[int, int]) -> str | None:
+    """Why `variant` breaches a limit now, or None. `thumbs`: its (up, down), latest per request."""
     minimum = int(limits.get("min_requests", DEFAULT_MIN_REQUESTS))
     n, errors, tokens = db.execute(
         "SELECT COUNT(*), SUM(status_code >= 500), AVG(completion_tokens) FROM requests "
@@ -73,13 +83,8 @@ def breach(db: Database, experiment_id: int, variant: str, limits: Mapping[str, 
             p95 = quantile(latencies, 0.95) if latencies else None
             if p95 is not None and p95 > limits["latency_p95_ms"]:
                 return f"p95 latency {p95:.0f} ms > {limits['latency_p95_ms']:g} ms over {n} requests"
-    if "negative_rate" in limits:
-        down, thumbs = db.execute(
-            "SELECT SUM(f.value = 0), COUNT(*) FROM feedback f JOIN requests r ON r.id = f.request_id "
-            "WHERE r.experiment_id = ? AND r.exposed = 1 AND r.variant = ? AND f.kind = 'thumb' "
-            "AND f.id = (SELECT MAX(g.id) FROM feedback g WHERE g.request_id = f.request_id "
-            "            AND g.kind = 'thumb')", [experiment_id, variant],
-        ).fetchone()
-        if thumbs >= minimum and down / thumbs > limits["negative_rate"]:
-            return f"thumbs-down rate {down / thumbs:.3f} > {limits['negative_rate']:g} over {thumbs} thumbs"
+    up, down = thumbs
+    if "negative_rate" in limits and up + down >= minimum and down / (up + down) > limits["negative_rate"]:
+        return (f"thumbs-down rate {down / (up + down):.3f} > {limits['negative_rate']:g} "
+                f"over {up + down} thumbs")
     return None

@@ -35,7 +35,7 @@ from router.experiments import (
 )
 from router.export import ExportResult, export_feedback
 from router.feedback import Caller, FeedbackRecord, record_feedback
-from router.guardrails import breach
+from router.guardrails import breach, thumb_counts
 from router.migrations import open_db
 from router.protocol import FeedbackIn
 from router.requestlog import RequestLogWriter, RequestRecord, Route
@@ -173,12 +173,13 @@ class Router:
 
     def _load_assignments(self, exp: Experiment) -> None:
         """Add units first seen in the log since the last read; what this process assigned
-        (possibly not yet written) wins."""
+        (possibly not yet written) wins. Reads by rowid, the insertion order: request ids are
+        random and say nothing about it."""
         upto = self._assigned_upto.get(exp.id, 0)
         with self._route_lock:
             rows = self._route_db.execute(
-                "SELECT unit, variant, id FROM requests WHERE experiment_id = ? AND exposed = 1 "
-                "AND unit IS NOT NULL AND id > ? ORDER BY id", [exp.id, upto]).fetchall()
+                "SELECT unit, variant, rowid FROM requests WHERE experiment_id = ? AND exposed = 1 "
+                "AND unit IS NOT NULL AND rowid > ? ORDER BY rowid", [exp.id, upto]).fetchall()
         assigned = self._assigned.setdefault(exp.id, {})
         for unit, variant, row_id in rows:
             assigned.setdefault(unit, variant)
@@ -193,18 +194,16 @@ class Router:
                and c.exp.status == "running"
                and (force or now - (c.exp.weights_changed_at or c.exp.started_at or 0)
                     >= c.exp.bandit_interval_s)]
-        for exp in due:
+        if due:
             self._writer.flush()
+        for exp in due:
             with self._lock:
                 events = latest_feedback(self._db, exp.id)
             cut = {variant for variant, _reason, _ts in exp.cut}
             live = [v.ref for v in exp.variants if v.ref not in cut]
-            counts = {ref: [0, 0] for ref in live}
-            for variant, kind, value, _ts in events:
-                if kind == "thumb" and variant in counts:
-                    counts[variant][0 if value else 1] += 1
+            counts = thumb_counts(events)
             weights, _p_best = thompson_weights(
-                [tuple(counts[ref]) for ref in live], min_share=min(exp.min_share, 1 / len(live)),
+                [counts.get(ref, (0, 0)) for ref in live], min_share=min(exp.min_share, 1 / len(live)),
                 seed=exp.id * 1_000_003 + len(events))
             new = dict(zip(live, weights, strict=True))
             self.set_weights(exp.name, [(v.ref, new.get(v.ref, 0)) for v in exp.variants])
@@ -215,24 +214,23 @@ class Router:
         guardrails (router/guardrails.py); returns (experiment, variant, reason) per cut.
         Each experiment is evaluated at most every GUARDRAIL_CHECK_S unless `force`."""
         now = time.time() if now is None else now
-        cuts = []
-        for compiled in list(self._table.values()):
-            exp = compiled.exp
-            if exp.status != "running" or not exp.guardrails:
-                continue
-            if not force and now - self._guard_checked.get(exp.id, 0.0) < GUARDRAIL_CHECK_S:
-                continue
-            self._guard_checked[exp.id] = now
+        due = [c for c in self._table.values() if c.exp.status == "running" and c.exp.guardrails
+               and (force or now - self._guard_checked.get(c.exp.id, 0.0) >= GUARDRAIL_CHECK_S)]
+        if due:
             self._writer.flush()
-            for ref in compiled.refs:
-                if ref == exp.control or ref in compiled.cut:
-                    continue
-                with self._lock:
-                    reason = breach(self._db, exp.id, ref, exp.guardrails)
+        cuts = []
+        for compiled in due:
+            exp = compiled.exp
+            self._guard_checked[exp.id] = now
+            with self._lock:
+                thumbs = thumb_counts(latest_feedback(self._db, exp.id))
+                for ref in compiled.refs:
+                    if ref == exp.control or ref in compiled.cut:
+                        continue
+                    reason = breach(self._db, exp.id, ref, exp.guardrails, thumbs.get(ref, (0, 0)))
                     if reason:
                         cut_variant(self._db, exp.name, ref, reason)
-                if reason:
-                    cuts.append((exp.name, ref, reason))
+                        cuts.append((exp.name, ref, reason))
         if cuts:
             self._reload()
         return cuts

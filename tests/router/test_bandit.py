@@ -79,3 +79,29 @@ def test_bandit_options_are_checked(router: Router, options, param):
     with pytest.raises(InvalidExperiment) as caught:
         router.create(alias="bot", variants=[("support@1", 1), ("support@2", 1)], **options)
     assert caught.value.param == param
+
+
+def test_another_process_learns_every_assignment_whatever_the_request_ids(router: Router, registry):
+    """Request ids are random (req_<uuid>), so the log is read in insertion order."""
+    import uuid
+
+    router.create(alias="bot", variants=[("support@1", 1), ("support@2", 1)], mode="bandit")
+    router.start("bot")
+    other = Router(router.db_path, registry, base_id="loraswap-base")
+    try:
+        seen = {}
+        for batch in range(3):
+            for i in range(30):
+                unit = f"b{batch}u{i}"
+                route = router.route("bot", unit)
+                seen[unit] = route.variant
+                router.log_request(RequestRecord(request_id=f"req_{uuid.uuid4().hex}", model="bot",
+                                                 served=route.variant, route=route, user=unit))
+            router.flush()
+            other.refresh()
+            other.set_weights("bot", [("support@1", 1), ("support@2", 0)] if batch % 2 else
+                              [("support@1", 0), ("support@2", 1)])  # new users all one way
+            assert {u: other.route("bot", u).variant for u in seen} == seen
+            router.refresh()
+    finally:
+        other.close()

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["read_jsonl", "write_jsonl"]
+__all__ = ["dumps_line", "read_jsonl", "write_jsonl"]
 
 
 def write_jsonl(rows: Iterable[Any], path: Path | str) -> int:
@@ -38,10 +38,14 @@ def write_jsonl(rows: Iterable[Any], path: Path | str) -> int:
     return count
 
 
+def dumps_line(row: Any) -> str:
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
 def _write(rows: Iterable[Any], fh: IO[str]) -> int:
     count = 0
     for row in rows:
-        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        fh.write(dumps_line(row))
         count += 1
     return count
 

@@ -3,12 +3,17 @@ export. Imports `adapters` only through the duck-typed `RegistryLike`."""
 
 from __future__ import annotations
 
+from router.alias_rules import RouteContext
+from router.aliases import Alias
 from router.errors import (
+    AliasConflict,
+    AliasNotFound,
     ExperimentConflict,
     ExperimentNotFound,
     FeedbackConflict,
     FeedbackForbidden,
     FeedbackInvalid,
+    InvalidAlias,
     InvalidExperiment,
     RequestNotFound,
     RouterError,
@@ -20,6 +25,9 @@ from router.requestlog import RequestRecord, Route
 from router.router import Router
 
 __all__ = [
+    "Alias",
+    "AliasConflict",
+    "AliasNotFound",
     "BASE_REF",
     "Caller",
     "Experiment",
@@ -31,10 +39,12 @@ __all__ = [
     "FeedbackIn",
     "FeedbackInvalid",
     "FeedbackRecord",
+    "InvalidAlias",
     "InvalidExperiment",
     "RequestNotFound",
     "RequestRecord",
     "Route",
+    "RouteContext",
     "Router",
     "RouterError",
     "Variant",

@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 __all__ = [
+    "AliasConflict",
+    "AliasNotFound",
     "ExperimentConflict",
     "ExperimentNotFound",
     "FeedbackConflict",
     "FeedbackForbidden",
     "FeedbackInvalid",
+    "InvalidAlias",
     "InvalidExperiment",
     "RequestNotFound",
     "RouterError",
@@ -48,3 +51,15 @@ class FeedbackForbidden(RouterError):
 
 class FeedbackConflict(RouterError):
     """A client_id reused with a different body."""
+
+
+class AliasNotFound(RouterError):
+    """No alias by that name (pointer or experiment)."""
+
+
+class InvalidAlias(RouterError):
+    """A target or routing rule that cannot be."""
+
+
+class AliasConflict(RouterError):
+    """The alias is in use in a way that forbids the change (a running experiment)."""

@@ -13,7 +13,8 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from typing import NamedTuple
 
 from sqlite_utils import Database
 
@@ -23,9 +24,11 @@ from router.guardrails import check_guardrails_spec
 
 __all__ = [
     "ACTIVE",
+    "NAME",
     "BASE_REF",
     "Experiment",
     "Variant",
+    "VariantIn",
     "create_experiment",
     "cut_variant",
     "delete_experiment",
@@ -37,7 +40,7 @@ __all__ = [
 
 BASE_REF = "base"
 ACTIVE = ("running", "paused")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME = _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _TRANSITIONS = {
     "start": ({"draft", "paused"}, "running"),
     "pause": ({"running"}, "paused"),
@@ -47,8 +50,18 @@ _TRANSITIONS = {
 
 @dataclass(frozen=True)
 class Variant:
-    ref: str  # "name@version" (pinned at creation) or "base"
+    """One arm. `ref` is its key everywhere (weights, the request log, results): the pinned
+    ref it serves, or, for a prompt variant, its own name over `serves` plus a system prompt."""
+
+    ref: str  # "name@version" (pinned at creation), "base", or a prompt variant's name
     weight: int
+    serves: str | None = None  # prompt variants: the pinned ref (or "base") they run on
+    system_prompt: str | None = None
+
+    @property
+    def target(self) -> str:
+        """The ref that answers: the base or a pinned adapter version."""
+        return self.serves or self.ref
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,10 @@ class Experiment:
     bandit_interval_s: float = 60.0  # bandit: how often the weights are recomputed
     guardrails: dict = field(default_factory=dict)  # limit -> value (router/guardrails.py)
     cut: tuple[tuple[str, str, float], ...] = ()  # (variant, reason, when) cut by a guardrail
+    auto_promote: bool = False  # end by promoting the winner once the sequential test decides
+
+    def variant(self, key: str) -> Variant:
+        return next(v for v in self.variants if v.ref == key)
 
     def as_dict(self) -> dict:
         data = asdict(self)
@@ -99,15 +116,16 @@ def _row_to_experiment(row: dict, variants: Sequence[Variant], cut: Sequence[tup
         weights_changed_at=row["weights_changed_at"], variants=tuple(variants),
         mode=row["mode"], min_share=row["min_share"], bandit_interval_s=row["bandit_interval_s"],
         guardrails=json.loads(row["guardrails"]), cut=tuple(cut),
+        auto_promote=bool(row["auto_promote"]),
     )
 
 
 def _variants(db: Database, experiment_id: int) -> list[Variant]:
     rows = db.execute(
-        "SELECT ref, weight FROM experiment_variants WHERE experiment_id = ? ORDER BY position",
-        [experiment_id],
+        "SELECT ref, weight, serves, system_prompt FROM experiment_variants "
+        "WHERE experiment_id = ? ORDER BY position", [experiment_id],
     ).fetchall()
-    return [Variant(ref, weight) for ref, weight in rows]
+    return [Variant(*row) for row in rows]
 
 
 def _fetch(db: Database, where: str, params: Sequence) -> list[Experiment]:
@@ -153,7 +171,7 @@ def create_experiment(
     db: Database,
     *,
     alias: str,
-    variants: Sequence[Variant],
+    variants: Sequence[VariantIn],
     name: str | None = None,
     control: str | None = None,
     metric: str = "thumbs",
@@ -167,9 +185,12 @@ def create_experiment(
     min_share: float = 0.1,
     bandit_interval_s: float = 60.0,
     guardrails: dict | None = None,
+    auto_promote: bool = False,
     resolve: Callable[[str], str] = lambda ref: ref,
 ) -> Experiment:
-    """Insert a draft. `resolve` pins each ref to `name@version` (or raises InvalidExperiment)."""
+    """Insert a draft. `resolve` pins each ref to `name@version` (or raises InvalidExperiment).
+    A variant with a system prompt is a prompt variant: its `ref` names what it serves, and its
+    key is its `serves` field when given as a name, else `<pinned ref>+prompt`."""
     if not _NAME.match(alias):
         raise InvalidExperiment(
             f"alias {alias!r} must match [A-Za-z0-9][A-Za-z0-9._-]{{0,63}} (no '@' or '/')",
@@ -179,7 +200,7 @@ def create_experiment(
         raise InvalidExperiment(f"metric must be 'thumbs' or 'score', not {metric!r}", param="metric")
     if not score_min < score_max:
         raise InvalidExperiment("score_min must be below score_max", param="score_min")
-    pinned = [Variant(resolve(v.ref), int(v.weight)) for v in variants]
+    pinned = [_pin(v, resolve) for v in variants]
     _check_weights(pinned)
     _check_mode(mode, metric, min_share, bandit_interval_s, len(pinned))
     limits = check_guardrails_spec(guardrails or {})
@@ -187,7 +208,7 @@ def create_experiment(
     if control is None:
         control_ref = refs[0]
     else:
-        control_ref = resolve(control)
+        control_ref = control if control in refs else resolve(control)
         if control_ref not in refs:
             raise InvalidExperiment(
                 f"control {control!r} is not one of the variants {refs}", param="control"
@@ -205,14 +226,46 @@ def create_experiment(
         cursor = db.execute(
             "INSERT INTO experiments (name, alias, salt, status, metric, control, retention, "
             "score_min, score_max, labels, description, created_at, mode, min_share, "
-            "bandit_interval_s, guardrails) VALUES (?, ?, ?, 'draft', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-            "?, ?)",
+            "bandit_interval_s, guardrails, auto_promote) VALUES (?, ?, ?, 'draft', ?, ?, ?, ?, ?, "
+            "?, ?, ?, ?, ?, ?, ?, ?)",
             [name, alias, salt or secrets.token_hex(8), metric, control_ref, int(retention),
              float(score_min), float(score_max), json.dumps(list(labels)), description,
-             time.time(), mode, float(min_share), float(bandit_interval_s), json.dumps(limits)],
+             time.time(), mode, float(min_share), float(bandit_interval_s), json.dumps(limits),
+             int(auto_promote)],
         )
         _write_variants(db, cursor.lastrowid, pinned)
     return get_experiment(db, name)
+
+
+_VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+
+
+class VariantIn(NamedTuple):
+    """A variant as asked for: `ref` is what serves it; `name` and `system_prompt` make it a
+    prompt variant (the name is its key; default `<ref>+prompt`)."""
+
+    ref: str
+    weight: int
+    name: str | None = None
+    system_prompt: str | None = None
+
+
+def _pin(v: VariantIn, resolve: Callable[[str], str]) -> Variant:
+    """A variant with its ref pinned; a prompt variant gets its key (given or derived)."""
+    if v.system_prompt is None:
+        if v.name is not None:
+            raise InvalidExperiment(f"variant {v.name!r}: a name is only for a prompt variant "
+                                    "(give system_prompt)", param="variants")
+        return Variant(resolve(v.ref), int(v.weight))
+    if not v.system_prompt.strip():
+        raise InvalidExperiment("a prompt variant's system_prompt must not be empty",
+                                param="variants")
+    serves = resolve(v.ref)
+    key = v.name or f"{serves.replace('@', '-v')}+prompt"
+    if not _VARIANT_NAME.match(key):
+        raise InvalidExperiment(f"prompt variant name {key!r} must match "
+                                "[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", param="variants")
+    return Variant(key, int(v.weight), serves, v.system_prompt)
 
 
 def _check_mode(mode: str, metric: str, min_share: float, interval: float, variants: int) -> None:
@@ -235,9 +288,9 @@ def _write_variants(db: Database, experiment_id: int, variants: Sequence[Variant
     db.execute("DELETE FROM experiment_variants WHERE experiment_id = ?", [experiment_id])
     for position, v in enumerate(variants):
         db.execute(
-            "INSERT INTO experiment_variants (experiment_id, position, ref, weight) "
-            "VALUES (?, ?, ?, ?)",
-            [experiment_id, position, v.ref, v.weight],
+            "INSERT INTO experiment_variants (experiment_id, position, ref, weight, serves, "
+            "system_prompt) VALUES (?, ?, ?, ?, ?, ?)",
+            [experiment_id, position, v.ref, v.weight, v.serves, v.system_prompt],
         )
 
 
@@ -289,7 +342,7 @@ def set_weights(db: Database, name: str, variants: Sequence[Variant]) -> Experim
                 f"give a weight for exactly the variants {current} (got {list(given)})",
                 param="variants",
             )
-        new = [Variant(ref, int(given[ref])) for ref in current]  # keep declared order
+        new = [replace(v, weight=int(given[v.ref])) for v in exp.variants]  # keep declared order
         _check_weights(new)
         _write_variants(db, exp.id, new)
         if exp.status != "draft":
@@ -305,9 +358,9 @@ def cut_variant(db: Database, name: str, variant: str, reason: str) -> Experimen
         exp = get_experiment(db, name)
         if exp.status != "running" or variant == exp.control:
             return exp
-        new = [Variant(v.ref, 0 if v.ref == variant else v.weight) for v in exp.variants]
+        new = [replace(v, weight=0 if v.ref == variant else v.weight) for v in exp.variants]
         if sum(v.weight for v in new) <= 0:
-            new = [Variant(v.ref, 1 if v.ref == exp.control else 0) for v in exp.variants]
+            new = [replace(v, weight=1 if v.ref == exp.control else 0) for v in exp.variants]
         _write_variants(db, exp.id, new)
         now = time.time()
         db.execute("UPDATE experiments SET weights_changed_at = ? WHERE id = ?", [now, exp.id])

@@ -137,6 +137,56 @@ def m004_guardrails(db: Database) -> None:
     db.execute("CREATE INDEX experiment_events_experiment ON experiment_events(experiment_id, id)")
 
 
+@migrations()
+def m005_aliases(db: Database) -> None:
+    # Aliases as pointers (router/aliases.py): what an alias serves when no experiment runs on
+    # it, its routing rules, and every change with who, when and why.
+    db.execute(
+        """
+        CREATE TABLE aliases (
+            name TEXT PRIMARY KEY,
+            target TEXT NOT NULL,
+            system_prompt TEXT,
+            rules TEXT NOT NULL DEFAULT '[]',
+            revision INTEGER NOT NULL DEFAULT 1,
+            updated_at REAL NOT NULL,
+            updated_by TEXT
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE alias_history (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            alias TEXT NOT NULL,
+            revision INTEGER NOT NULL,
+            ts REAL NOT NULL,
+            key_id TEXT,
+            kind TEXT NOT NULL,
+            from_target TEXT,
+            to_target TEXT,
+            rules TEXT,
+            state TEXT,
+            reason TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX alias_history_alias ON alias_history(alias, id)")
+    # Prompt variants: a variant's key (`ref`) may name a system prompt over a served ref.
+    db.execute("ALTER TABLE experiment_variants ADD COLUMN serves TEXT")
+    db.execute("ALTER TABLE experiment_variants ADD COLUMN system_prompt TEXT")
+    db.execute("ALTER TABLE experiments ADD COLUMN auto_promote INTEGER NOT NULL DEFAULT 0")
+    # Aliases of experiments already running or paused keep serving their control after a stop.
+    rows = db.execute("SELECT name, alias, control, COALESCE(started_at, created_at) FROM "
+                      "experiments WHERE status IN ('running', 'paused')").fetchall()
+    for name, alias, control, ts in rows:
+        db.execute("INSERT OR IGNORE INTO aliases (name, target, updated_at) VALUES (?, ?, ?)",
+                   [alias, control, ts])
+        db.execute("INSERT INTO alias_history (alias, revision, ts, kind, to_target, reason) "
+                   "VALUES (?, 1, ?, 'set', ?, ?)",
+                   [alias, ts, control, f"created for experiment {name} (its control)"])
+
+
 def open_db(path: Path) -> Database:
     """The shared file with the router's tables migrated (common.sqlite.open_db).
 

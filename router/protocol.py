@@ -58,6 +58,14 @@ class _Admin(BaseModel):
 class VariantSpec(_Admin):
     ref: str = Field(min_length=1, max_length=200, description="name@version, name, or 'base'")
     weight: int = Field(ge=0, le=1_000_000)
+    system_prompt: str | None = Field(
+        default=None, min_length=1, max_length=100_000,
+        description="a prompt variant: `ref` answers with this system prompt first")
+    name: str | None = Field(default=None, min_length=1, max_length=64,
+                             description="a prompt variant's key (default '<ref>+prompt')")
+
+    def spec(self) -> tuple:
+        return (self.ref, self.weight, self.name, self.system_prompt)
 
 
 class ExperimentCreate(_Admin):
@@ -82,10 +90,18 @@ class ExperimentCreate(_Admin):
         default_factory=dict,
         description="limits: latency_p95_ms, error_rate, negative_rate, tokens_per_request, "
                     "min_requests (docs/router.md#guardrails)")
+    auto_promote: bool = Field(
+        default=False, description="end by promoting the winner to the alias once the "
+                                   "sequential test decides (docs/router.md#promotion)")
+
+
+class VariantWeightIn(_Admin):
+    ref: str = Field(min_length=1, max_length=200, description="a variant's key (or its ref)")
+    weight: int = Field(ge=0, le=1_000_000)
 
 
 class WeightsUpdate(_Admin):
-    variants: list[VariantSpec] = Field(min_length=2)
+    variants: list[VariantWeightIn] = Field(min_length=2)
 
 
 class FeedbackIn(BaseModel):
@@ -151,8 +167,11 @@ Metric = Literal["thumbs", "score"]
 
 
 class VariantWeight(_Wire):
-    ref: str = Field(description="name@version (pinned at creation) or 'base'")
+    ref: str = Field(description="the variant's key: name@version (pinned at creation), "
+                                 "'base', or a prompt variant's name")
     weight: int
+    serves: str | None = Field(description="a prompt variant's pinned ref; null otherwise")
+    system_prompt: str | None
 
 
 class GuardrailCut(_Wire):
@@ -186,6 +205,7 @@ class ExperimentInfo(_Wire):
     bandit_interval_s: float
     guardrails: dict[str, float]
     cut: list[GuardrailCut] = Field(description="variants a guardrail cut off, with the reason")
+    auto_promote: bool
 
 
 class _ExperimentObject(_Wire):

@@ -23,15 +23,17 @@ class Route:
     """Where an alias request goes. `target` is what the server serves."""
 
     alias: str
-    experiment: str
-    experiment_id: int
-    variant: str  # the variant's ref as declared ("name@version" or "base")
+    experiment: str | None  # None: a rule or the alias's pointer chose, not an experiment
+    experiment_id: int | None
+    variant: str  # the variant's key ("name@version", "base" or a prompt variant's name)
     target: str  # registry ref "name@version", or the base model id when is_base
     is_base: bool
     unit: str | None  # the assignment unit (user); None = this request is its own unit
     bucket: int | None  # None when paused (everyone gets the control)
     exposed: bool  # False while paused: served, but not counted in the analysis
     retention: bool  # keep prompt and output for this request
+    system_prompt: str | None = None  # a prompt variant's (or pointer's, or rule's)
+    rule: str | None = None  # the routing rule that matched
 
 
 @dataclass(slots=True)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from router.alias_rules import RouteContext
+from router.aliases import Alias, aliases_serving, list_aliases
 from router.assignment import bucket_of, bucket_ranges, pick, random_bucket
 from router.bandit import thompson_weights
 from router.errors import InvalidExperiment, RouterError
@@ -25,6 +27,7 @@ from router.experiments import (
     BASE_REF,
     Experiment,
     Variant,
+    VariantIn,
     create_experiment,
     cut_variant,
     delete_experiment,
@@ -40,6 +43,7 @@ from router.migrations import open_db
 from router.protocol import FeedbackIn
 from router.requestlog import RequestLogWriter, RequestRecord, Route
 from router.results import compute_results, latest_feedback
+from router.router_aliases import AliasAdmin, winner_of
 
 __all__ = ["RegistryLike", "Router"]
 
@@ -63,7 +67,7 @@ class _Compiled:
     cut: frozenset[str]  # variants a guardrail cut: their assigned users move too
 
 
-class Router:
+class Router(AliasAdmin):
     def __init__(
         self,
         db_path: Path,
@@ -94,6 +98,8 @@ class Router:
         self._route_lock = threading.Lock()
         self._writer = RequestLogWriter(self.db_path)
         self._table: dict[str, _Compiled] = {}
+        self._pointers: dict[str, Alias] = {}
+        self._decided_checked: dict[int, float] = {}  # auto-promote: last decision check
         # Bandit experiments: unit -> variant ref of every unit already assigned, and the
         # last request-log id read into it (router/bandit.py says why users must stay put).
         self._assigned: dict[int, dict[str, str]] = {}
@@ -105,11 +111,21 @@ class Router:
 
     # -- hot path ----------------------------------------------------------------------
 
-    def route(self, requested_model: str, unit: str | None) -> Route | None:
-        """The route for an alias request, or None: not an alias, serve `requested_model`."""
+    def route(self, requested_model: str, unit: str | None,
+              context: RouteContext | None = None) -> Route | None:
+        """The route for an alias request, or None: not an alias, serve `requested_model`.
+        Order: the alias's first matching rule, its active experiment, its pointer."""
         compiled = self._table.get(requested_model)
+        alias = self._pointers.get(requested_model)
+        if alias is not None and alias.rules:
+            ctx = context or RouteContext()
+            for rule in alias.rules:
+                if rule.matches(alias.name, unit, ctx):
+                    return self._fixed(alias.name, rule.target, rule.system_prompt, unit, rule.name)
         if compiled is None:
-            return None
+            if alias is None:
+                return None
+            return self._fixed(alias.name, alias.target, alias.system_prompt, unit, None)
         exp = compiled.exp
         if exp.status == "paused":
             index, bucket, exposed = compiled.control_index, None, False
@@ -123,13 +139,23 @@ class Router:
                     index = compiled.refs.index(kept)
                 else:  # new, or their variant was cut by a guardrail: assign afresh
                     assigned[unit] = compiled.refs[index]
-        ref = compiled.refs[index]
-        is_base = ref == BASE_REF
+        variant = exp.variants[index]
+        is_base = variant.target == BASE_REF
         return Route(
-            alias=exp.alias, experiment=exp.name, experiment_id=exp.id, variant=ref,
-            target=self.base_id if is_base else ref, is_base=is_base, unit=unit or None,
-            bucket=bucket, exposed=exposed, retention=exp.retention,
+            alias=exp.alias, experiment=exp.name, experiment_id=exp.id, variant=variant.ref,
+            target=self.base_id if is_base else variant.target, is_base=is_base,
+            unit=unit or None, bucket=bucket, exposed=exposed, retention=exp.retention,
+            system_prompt=variant.system_prompt,
         )
+
+    def _fixed(self, alias: str, target: str, system_prompt: str | None, unit: str | None,
+               rule: str | None) -> Route:
+        is_base = target == BASE_REF
+        return Route(
+            alias=alias, experiment=None, experiment_id=None,
+            variant=f"{target}+prompt" if system_prompt else target,
+            target=self.base_id if is_base else target, is_base=is_base, unit=unit or None,
+            bucket=None, exposed=False, retention=False, system_prompt=system_prompt, rule=rule)
 
     def log_request(self, record: RequestRecord) -> bool:
         """Queue a record for the log (never blocks on SQLite). False if not logged:
@@ -141,8 +167,8 @@ class Router:
         return True
 
     def aliases(self) -> list[str]:
-        """Aliases served now (running or paused experiments), for /v1/models."""
-        return sorted(self._table)
+        """Aliases served now (pointers, running or paused experiments), for /v1/models."""
+        return sorted(set(self._table) | set(self._pointers))
 
     def refresh(self) -> None:
         """Re-read the active experiments from SQLite (not on an event loop: it blocks)."""
@@ -161,6 +187,7 @@ class Router:
     def _reload(self) -> None:
         with self._route_lock:
             active = list_experiments(self._route_db, ACTIVE)
+            pointers = {a.name: a for a in list_aliases(self._route_db)}
         table = {}
         for exp in active:
             refs = tuple(v.ref for v in exp.variants)
@@ -169,7 +196,7 @@ class Router:
             table[exp.alias] = _Compiled(exp, ends, refs, refs.index(exp.control), cut)
             if exp.mode == "bandit":
                 self._load_assignments(exp)
-        self._table = table
+        self._table, self._pointers = table, pointers
 
     def _load_assignments(self, exp: Experiment) -> None:
         """Add units first seen in the log since the last read; what this process assigned
@@ -229,11 +256,34 @@ class Router:
                         continue
                     reason = breach(self._db, exp.id, ref, exp.guardrails, thumbs.get(ref, (0, 0)))
                     if reason:
-                        cut_variant(self._db, exp.name, ref, reason)
+                        with self._db.atomic():
+                            cut_variant(self._db, exp.name, ref, reason)
+                            self._on_cut(exp, ref, reason)
                         cuts.append((exp.name, ref, reason))
         if cuts:
             self._reload()
         return cuts
+
+    def check_decisions(self, now: float | None = None) -> list[tuple[str, str]]:
+        """Promote the winner of every running auto-promote experiment whose sequential test
+        has decided; returns (experiment, promoted variant). Checked every GUARDRAIL_CHECK_S."""
+        now = time.time() if now is None else now
+        due = [c.exp for c in self._table.values() if c.exp.status == "running"
+               and c.exp.auto_promote
+               and now - self._decided_checked.get(c.exp.id, 0.0) >= GUARDRAIL_CHECK_S]
+        if due:
+            self._writer.flush()
+        promoted = []
+        for exp in due:
+            self._decided_checked[exp.id] = now
+            with self._lock:
+                decided = winner_of(compute_results(self._db, exp), exp)
+            if decided is not None:
+                variant, why = decided
+                self.promote(exp.name, variant,
+                             reason=f"promoted automatically by experiment {exp.name}: {why}")
+                promoted.append((exp.name, variant))
+        return promoted
 
     # -- experiments -------------------------------------------------------------------
 
@@ -269,16 +319,18 @@ class Router:
     def _check_start(self, exp: Experiment) -> None:
         self._check_alias(exp.alias)
         for v in exp.variants:
-            if v.ref != BASE_REF:
-                self._resolve(v.ref)
+            if v.target != BASE_REF:
+                self._resolve(v.target)
 
-    def create(self, *, alias: str, variants: Sequence[tuple[str, int]], **options: Any) -> Experiment:
-        """Create a draft. Options: name, control, metric, retention, score_min, score_max,
-        labels, description, salt."""
+    def create(self, *, alias: str, variants: Sequence[tuple], **options: Any) -> Experiment:
+        """Create a draft. `variants`: (ref, weight) or (ref, weight, name, system_prompt) for
+        a prompt variant. Options: name, control, metric, retention, score_min, score_max,
+        labels, description, salt, mode, min_share, bandit_interval_s, guardrails,
+        auto_promote."""
         self._check_alias(alias)
         with self._lock:
             return create_experiment(
-                self._db, alias=alias, variants=[Variant(r, w) for r, w in variants],
+                self._db, alias=alias, variants=[VariantIn(*v) for v in variants],
                 resolve=self._resolve, **options)
 
     def get(self, name: str) -> Experiment:
@@ -289,24 +341,31 @@ class Router:
         with self._lock:
             return list_experiments(self._db, statuses)
 
-    def _transition(self, name: str, action: str) -> Experiment:
-        with self._lock:
+    def _transition(self, name: str, action: str, key_id: str | None = None) -> Experiment:
+        with self._lock, self._db.atomic():
+            before = get_experiment(self._db, name)
             exp = set_status(self._db, name, action,
                              self._check_start if action == "start" else None)
+            if action == "start":
+                self._on_start(exp, before.status == "draft", key_id)
+            elif action == "stop" and before.status in ACTIVE:
+                self._on_stop(exp, key_id)
         self._reload()
         return exp
 
-    def start(self, name: str) -> Experiment:
-        return self._transition(name, "start")
+    def start(self, name: str, *, key_id: str | None = None) -> Experiment:
+        return self._transition(name, "start", key_id)
 
-    def pause(self, name: str) -> Experiment:
-        return self._transition(name, "pause")
+    def pause(self, name: str, *, key_id: str | None = None) -> Experiment:
+        return self._transition(name, "pause", key_id)
 
-    def stop(self, name: str) -> Experiment:
-        return self._transition(name, "stop")
+    def stop(self, name: str, *, key_id: str | None = None) -> Experiment:
+        return self._transition(name, "stop", key_id)
 
     def set_weights(self, name: str, weights: Sequence[tuple[str, int]]) -> Experiment:
-        resolved = [Variant(self._resolve(r), w) for r, w in weights]
+        """Weights by variant key; a ref that is not a key is resolved (`name` -> name@v)."""
+        keys = {v.ref for v in self.get(name).variants}
+        resolved = [Variant(r if r in keys else self._resolve(r), w) for r, w in weights]
         with self._lock:
             exp = set_weights(self._db, name, resolved)
         self._reload()
@@ -326,16 +385,20 @@ class Router:
         db = open_db(self.db_path)
         try:
             rows = db.execute(
-                "SELECT e.name, e.status FROM experiments e JOIN experiment_variants v "
-                "ON v.experiment_id = e.id WHERE v.ref = ? AND e.status IN ('running', 'paused')",
-                [version.ref],
+                "SELECT DISTINCT e.name, e.status FROM experiments e JOIN experiment_variants v "
+                "ON v.experiment_id = e.id WHERE COALESCE(v.serves, v.ref) = ? "
+                "AND e.status IN ('running', 'paused')", [version.ref],
             ).fetchall()
+            aliases = aliases_serving(db, version.ref)
         finally:
             db.close()
-        if not rows:
-            return None
-        names = ", ".join(f"{n} ({s})" for n, s in rows)
-        return f"it is a variant of experiment {names}; stop the experiment first"
+        if rows:
+            names = ", ".join(f"{n} ({s})" for n, s in rows)
+            return f"it is a variant of experiment {names}; stop the experiment first"
+        if aliases:
+            return (f"alias {', '.join(aliases)} serves it (pointer or routing rule); point the "
+                    "alias elsewhere first")
+        return None
 
     # -- feedback and results ----------------------------------------------------------
 

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 
 from adapters import Registry
 from router import Router
-from server import routes_experiments, routes_feedback
+from server import routes_aliases, routes_experiments, routes_feedback
 from server.auth import KeyStore
 from server.auth_deps import require_experiment_access, require_inference
 from server.catalog import ModelCatalog
@@ -179,6 +179,7 @@ def create_app(config: ServerConfig, *, engine, registry: Registry, router: Rout
     app.include_router(openai_router)
     app.include_router(admin_router)
     app.include_router(routes_experiments.api, dependencies=[Depends(require_experiment_access)])
+    app.include_router(routes_aliases.api, dependencies=[Depends(require_experiment_access)])
     app.include_router(routes_feedback.api, dependencies=[Depends(require_inference)])
 
     @app.get("/health")

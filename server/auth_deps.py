@@ -33,8 +33,9 @@ def _scope(request: Request) -> str | None:
 
 def require_inference(request: Request) -> None:
     if _scope(request) == "analyst":
-        raise PermissionDenied("This key has the 'analyst' scope: it reads experiments and "
-                               "their results (/admin/experiments), nothing else.")
+        raise PermissionDenied("This key has the 'analyst' scope: it reads experiments, their "
+                               "results and exports (/admin/experiments) and aliases "
+                               "(/admin/aliases), nothing else.")
 
 
 def require_admin(request: Request) -> None:
@@ -45,12 +46,14 @@ def require_admin(request: Request) -> None:
 
 
 def require_experiment_access(request: Request) -> None:
-    """Admin keys do anything here; analyst keys read (experiments, results, the page)."""
+    """Admin keys do anything here; analyst keys read (experiments, results, the page, the
+    export, aliases and their history)."""
     scope = _scope(request)
     if scope is None or scope == "admin" or (scope == "analyst" and request.method in _READS):
         return
     if scope == "analyst":
-        raise PermissionDenied("This key has the 'analyst' scope: it can read experiments and "
-                               "results but not change them; that needs an 'admin' key.")
-    raise PermissionDenied("This key has the 'inference' scope; experiment routes need an "
-                           "'analyst' key (read) or an 'admin' key.")
+        raise PermissionDenied("This key has the 'analyst' scope: it can read experiments, "
+                               "results and aliases but not change them; that needs an "
+                               "'admin' key.")
+    raise PermissionDenied("This key has the 'inference' scope; experiment and alias routes "
+                           "need an 'analyst' key (read) or an 'admin' key.")

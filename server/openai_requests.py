@@ -42,7 +42,7 @@ LIMITS = {"stop": 4, "stop_chars": 256, "messages": 2048, "stop_token_ids": 64,
 NOOP: dict[str, tuple[Any, ...]] = {
     "audio": (None,), "modalities": (None, ["text"]), "prediction": (None,),
     "web_search_options": (None,), "functions": (None, []), "function_call": (None, "none"),
-    "reasoning_effort": (None,), "verbosity": (None,), "metadata": (None, {}),
+    "reasoning_effort": (None,), "verbosity": (None,),
     "store": (None, False), "service_tier": (None, "auto", "default"),
     "prompt_cache_key": (None,),
     "suffix": (None, ""),
@@ -176,6 +176,10 @@ class _SamplingFields(_Request):
     seed: Int64 | None = None
     user: str | None = Field(default=None, max_length=256)
     safety_identifier: str | None = Field(default=None, max_length=256)
+    # OpenAI's bounds: 16 pairs, keys up to 64 characters, values up to 512. An alias's
+    # routing rules may match on it (docs/router.md#routing-rules); nothing else reads it.
+    metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] \
+        | None = Field(default=None, max_length=16)
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     frequency_penalty: Number | None = Field(default=None, ge=-2.0, le=2.0)

@@ -3,7 +3,8 @@
 Every `interval` seconds, in a worker thread: the model catalog, the router's experiment
 table and the API-key cache are re-read (changes another process made, such as the CLI),
 guardrails are checked (a breaching variant loses its traffic), bandit experiments whose
-interval has passed get new weights,
+interval has passed get new weights, auto-promote experiments whose sequential test has decided
+end with their winner on the alias,
 and the files of every resident adapter are checked against their checksums (re-hashed when
 their stat changed). Then, on the loop: versions that are no longer active, or whose files
 changed, leave the engine once their in-flight requests end.
@@ -44,6 +45,8 @@ class Reconciler:
             log.warning("experiment %s: guardrail cut variant %s: %s", name, variant, reason)
         for name in self.router.update_bandits():
             log.info("bandit experiment %s: weights recomputed", name)
+        for name, variant in self.router.check_decisions():
+            log.warning("experiment %s decided: %s promoted to its alias", name, variant)
 
     def _tampered(self, resident: list[AdapterVersion]) -> list[AdapterVersion]:
         bad = []

@@ -1,4 +1,5 @@
-"""Admin API for experiments: `/admin/experiments` CRUD, life cycle, weights, results.
+"""Admin API for experiments: `/admin/experiments` CRUD, life cycle, weights, results,
+promotion and the training export.
 
 Admin authentication is added where this router is mounted. Router calls touch SQLite, so
 they run in a worker thread; router errors propagate to the one error table. Every body is
@@ -11,11 +12,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
+from common.jsonl import dumps_line
 from router import Experiment, ExperimentCreate, Router, WeightsUpdate
+from router.alias_protocol import PromoteIn
 from router.protocol import (
     ExperimentDeleted,
     ExperimentList,
@@ -23,6 +26,7 @@ from router.protocol import (
     ExperimentView,
 )
 from router.results_page import render_results_page
+from server.routes_aliases import key_id
 
 __all__ = ["api"]
 
@@ -56,7 +60,7 @@ async def list_experiments(request: Request) -> JSONResponse:
 async def create_experiment(body: ExperimentCreate, request: Request) -> JSONResponse:
     options = body.model_dump(exclude={"alias", "variants"}, exclude_none=True)
     return await _experiment(request, lambda r: r.create(
-        alias=body.alias, variants=[(v.ref, v.weight) for v in body.variants], **options), 201)
+        alias=body.alias, variants=[v.spec() for v in body.variants], **options), 201)
 
 
 @api.get("/{name}", response_model=ExperimentView)
@@ -72,17 +76,25 @@ async def delete_experiment(name: str, request: Request) -> JSONResponse:
 
 @api.post("/{name}/start", response_model=ExperimentView)
 async def start_experiment(name: str, request: Request) -> JSONResponse:
-    return await _experiment(request, lambda r: r.start(name))
+    return await _experiment(request, lambda r: r.start(name, key_id=key_id(request)))
 
 
 @api.post("/{name}/pause", response_model=ExperimentView)
 async def pause_experiment(name: str, request: Request) -> JSONResponse:
-    return await _experiment(request, lambda r: r.pause(name))
+    return await _experiment(request, lambda r: r.pause(name, key_id=key_id(request)))
 
 
 @api.post("/{name}/stop", response_model=ExperimentView)
 async def stop_experiment(name: str, request: Request) -> JSONResponse:
-    return await _experiment(request, lambda r: r.stop(name))
+    return await _experiment(request, lambda r: r.stop(name, key_id=key_id(request)))
+
+
+@api.post("/{name}/promote", response_model=ExperimentView)
+async def promote(name: str, request: Request, body: PromoteIn | None = None) -> JSONResponse:
+    """Stop the experiment and point its alias at the winner (or the variant named)."""
+    body = body or PromoteIn()
+    return await _experiment(request, lambda r: r.promote(
+        name, body.variant, key_id=key_id(request), reason=body.reason))
 
 
 @api.put("/{name}/weights", response_model=ExperimentView)
@@ -97,6 +109,21 @@ async def results(name: str, request: Request) -> JSONResponse:
         return ExperimentResults.model_validate(request.app.state.router.results(name))
 
     return _respond(await asyncio.to_thread(compute))
+
+
+@api.get("/{name}/export", response_class=Response,
+         responses={200: {"content": {"application/x-ndjson": {}}}})
+async def export(name: str, request: Request,
+                 format: str = Query("sft", pattern="^(sft|dpo|kto)$")) -> Response:  # noqa: A002
+    """The experiment's feedback as training rows (JSON lines, TRL's conversational format),
+    what `loraswap feedback export --experiment` writes; analysts may read it."""
+    result = await asyncio.to_thread(request.app.state.router.export, format, experiment=name)
+    headers = {"X-Loraswap-Export-Rows": str(len(result.rows)),
+               "X-Loraswap-Export-Feedback": str(result.feedback)}
+    if not result.rows:
+        headers["X-Loraswap-Export-Empty"] = result.explain_empty()[:500]
+    return Response("".join(dumps_line(r) for r in result.rows),
+                    media_type="application/x-ndjson", headers=headers)
 
 
 @api.get("/{name}/results.html", response_class=HTMLResponse)

@@ -28,7 +28,8 @@ async def retrieve_model(model_id: str, request: Request) -> wire.ModelCard:
 
 def _meta(request: Request) -> RequestMeta:
     return RequestMeta(request.state.request_id, request.headers.get("x-user-id") or None,
-                       getattr(request.state, "api_key_id", None), request.is_disconnected)
+                       getattr(request.state, "api_key_id", None), request.is_disconnected,
+                       request.headers)
 
 
 @router.post("/chat/completions", response_model=wire.ChatCompletionResponse, responses=_SSE)

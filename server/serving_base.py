@@ -14,12 +14,12 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from router import RequestRecord
+from router import RequestRecord, RouteContext
 from server.engine import ChoiceDelta, EngineOutput, GenParams, TokenLogprob
 from server.errors import ClientDisconnected, InvalidRequest, describe
 from server.metrics import Metrics
@@ -27,7 +27,7 @@ from server.protocol import Usage
 from server.residency import Residency
 from server.serving_models import ServingModels, Target
 
-__all__ = ["Accumulated", "RequestMeta", "ServingBase", "sse"]
+__all__ = ["Accumulated", "RequestMeta", "ServingBase", "sse", "with_system_prompt"]
 
 log = logging.getLogger("loraswap.requests")
 
@@ -49,6 +49,7 @@ class RequestMeta:
     api_key_id: str | None = None
     # The HTTP layer's "has the client gone?": a non-streamed request is aborted when it has.
     is_disconnected: Callable[[], Awaitable[bool]] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)  # lower-cased names (alias rules)
 
 
 @dataclass
@@ -110,6 +111,17 @@ class RequestBook:
             ts=self.arrived)
 
 
+def with_system_prompt(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    """A prompt variant's (or an alias's) system prompt goes first. Merged into the client's
+    own system message when there is one: some chat templates refuse two system turns."""
+    if not system_prompt:
+        return messages
+    if messages and messages[0]["role"] == "system":
+        first = {**messages[0], "content": f"{system_prompt}\n\n{messages[0]['content']}"}
+        return [first, *messages[1:]]
+    return [{"role": "system", "content": system_prompt}, *messages]
+
+
 class ServingBase:
     endpoint = "base"
     log_endpoint = "base"  # the request log's name for it
@@ -126,11 +138,16 @@ class ServingBase:
         self.max_model_len = max_model_len
         self.max_n = max_n
 
-    def target(self, model: str, user: str | None, meta: RequestMeta) -> Target:
-        """Resolve `model` (an alias routes by `user`, else the X-User-Id header)."""
+    def target(self, model: str, user: str | None, meta: RequestMeta,
+               metadata: Mapping[str, str] | None = None,
+               prompt: Callable[[], str] | None = None) -> Target:
+        """Resolve `model` (an alias routes by `user`, else the X-User-Id header; its rules
+        may look at the headers, `metadata`, the key and the prompt's text)."""
         unit = user or meta.user_header
-        return dataclasses.replace(self.models.resolve(model, unit), request_id=meta.request_id,
-                                   api_key_id=meta.api_key_id)
+        context = RouteContext(headers=meta.headers, metadata=metadata or {},
+                               api_key_id=meta.api_key_id, prompt=prompt)
+        return dataclasses.replace(self.models.resolve(model, unit, context),
+                                   request_id=meta.request_id, api_key_id=meta.api_key_id)
 
     def gen_params(self, *, prompt_len: int, max_tokens: int | None, req, logprobs: int | None,
                    what: str = "messages", n: int | None = None) -> GenParams:

@@ -22,7 +22,14 @@ from server.protocol import (
     TopLogprob,
     now,
 )
-from server.serving_base import RequestBook, RequestMeta, ServingBase, finish_reason, sse
+from server.serving_base import (
+    RequestBook,
+    RequestMeta,
+    ServingBase,
+    finish_reason,
+    sse,
+    with_system_prompt,
+)
 from server.serving_models import Target
 from server.serving_tools import ToolPolicy
 
@@ -60,10 +67,12 @@ class ServingChat(ServingBase):
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     async def create(self, req: ChatCompletionRequest, meta: RequestMeta):
-        target = self.target(req.model, req.user, meta)
-        messages = self.messages(req)
+        target = self.target(req.model, req.user, meta, req.metadata,
+                             lambda: "\n".join(m.text() for m in req.messages))
+        messages = self.messages(req)  # logged as the client sent them
         tools = ToolPolicy(req, self.tool_call_parser, self.tokenizer)
-        ids = self.prompt_ids(messages, tools.tools)
+        system_prompt = target.route.system_prompt if target.route is not None else None
+        ids = self.prompt_ids(with_system_prompt(messages, system_prompt), tools.tools)
         k = (req.top_logprobs or 0) if req.logprobs else None
         params = self.gen_params(prompt_len=len(ids),
                                  max_tokens=req.max_completion_tokens or req.max_tokens,

@@ -62,14 +62,33 @@ class ServingCompletions(ServingBase):
             out.append((t, ids))
         return out
 
+    def _prefixed(self, system_prompt: str, ids: list[int]) -> list[int]:
+        """`system_prompt`, a blank line, then the prompt; BOS (if any) once, at the start."""
+        prefix = self.tokenizer(system_prompt + "\n\n", add_special_tokens=True)["input_ids"]
+        bos = self.tokenizer.bos_token_id
+        return prefix + (ids[1:] if bos is not None and ids[:1] == [bos] else ids)
+
+    def _prompt_text(self, req: CompletionRequest) -> str:
+        p = req.prompt
+        if isinstance(p, str):
+            return p
+        if p and all(isinstance(x, int) for x in p):
+            return self.tokenizer.decode(p)
+        return "\n".join(p)
+
     @staticmethod
     def _logged_prompt(prompts: list[tuple[str, list[int]]]) -> str | list[str]:
         texts = [text for text, _ in prompts]
         return texts[0] if len(texts) == 1 else texts
 
     async def create(self, req: CompletionRequest, meta: RequestMeta):
-        target = self.target(req.model, req.user, meta)
+        target = self.target(req.model, req.user, meta, req.metadata,
+                             lambda: self._prompt_text(req))
         prompts = self.prompts(req)
+        if target.route is not None and target.route.system_prompt:
+            # A prompt variant on the completions endpoint: its text goes before each prompt.
+            prompts = [(text, self._prefixed(target.route.system_prompt, ids))
+                       for text, ids in prompts]
         max_tokens = 16 if req.max_tokens is None else req.max_tokens  # OpenAI's default here
         best_of = req.best_of or req.n
         if best_of < req.n:

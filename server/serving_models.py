@@ -13,16 +13,18 @@ from dataclasses import dataclass, replace
 
 from adapters import AdapterVersion
 from common.timeutil import iso_to_epoch
-from router import Route, Router
+from router import Route, RouteContext, Router
 from server.catalog import ModelCatalog
 from server.errors import ModelNotFound
 from server.protocol import ModelCard, ModelList
 
-__all__ = ["HEADER_EXPERIMENT", "HEADER_MODEL", "HEADER_VARIANT", "ServingModels", "Target"]
+__all__ = ["HEADER_EXPERIMENT", "HEADER_MODEL", "HEADER_RULE", "HEADER_VARIANT", "ServingModels",
+           "Target"]
 
 HEADER_EXPERIMENT = "X-Loraswap-Experiment"
 HEADER_VARIANT = "X-Loraswap-Variant"
 HEADER_MODEL = "X-Loraswap-Model"
+HEADER_RULE = "X-Loraswap-Rule"
 
 
 @dataclass(frozen=True)
@@ -40,9 +42,13 @@ class Target:
     def headers(self) -> dict[str, str]:
         """Response headers: the request id, the version served and, if routed, the variant."""
         headers = {"X-Request-Id": self.request_id, HEADER_MODEL: self.model_id}
-        if self.route is not None:
-            headers[HEADER_EXPERIMENT] = self.route.experiment
-            headers[HEADER_VARIANT] = self.route.variant
+        route = self.route
+        if route is not None:
+            if route.experiment is not None:
+                headers[HEADER_EXPERIMENT] = route.experiment
+            headers[HEADER_VARIANT] = route.variant
+            if route.rule is not None:
+                headers[HEADER_RULE] = route.rule
         return headers
 
     @property
@@ -57,9 +63,11 @@ class ServingModels:
         self.router = router
         self.base_id = catalog.base_id
 
-    def resolve(self, model: str, unit: str | None = None) -> Target:
-        """Experiment aliases first (sticky per unit), then adapter names and the base id."""
-        route = self.router.route(model, unit)
+    def resolve(self, model: str, unit: str | None = None,
+                context: RouteContext | None = None) -> Target:
+        """Aliases first (rules, an experiment sticky per unit, the pointer), then adapter
+        names and the base id."""
+        route = self.router.route(model, unit, context)
         served = route.target if route is not None else model
         version = self.catalog.lookup(served)
         target = Target(model, self.base_id if version is None else version.ref, version, unit)

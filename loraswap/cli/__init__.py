@@ -51,9 +51,9 @@ def show_config(settings: Settings, markdown: bool) -> None:
 
 def _register_commands() -> None:
     # One line per part; each module defines a click command or group named `command`.
-    from loraswap.cli import adapters, base, experiments, feedback
+    from loraswap.cli import adapters, aliases, base, experiments, feedback
 
-    for module in (base, adapters, experiments, feedback):
+    for module in (base, adapters, experiments, aliases, feedback):
         cli.add_command(module.command)
     cli.add_command(base.taskworld_command)
     from loraswap.cli import keys, serve  # server/

@@ -13,7 +13,8 @@ import click
 
 from loraswap.settings import Settings, SettingsError
 
-__all__ = ["exit_on", "fail", "pass_settings", "print_json", "print_table", "router_session"]
+__all__ = ["exit_on", "fail", "pass_settings", "print_json", "print_table", "router_errors",
+           "router_session"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,6 +60,15 @@ def exit_on(known: Callable[[BaseException], tuple[str, int] | None]) -> Callabl
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def _router_known(exc: BaseException) -> tuple[str, int] | None:
+    from router import RouterError
+
+    return (exc.message, 1) if isinstance(exc, RouterError) else None
+
+
+router_errors = exit_on(_router_known)  # a router refusal: one `error: ...` line, status 1
 
 
 @contextmanager

@@ -6,19 +6,19 @@ from typing import Any
 
 import click
 
-from loraswap.cli.common import exit_on, pass_settings, print_json, print_table, router_session
+from loraswap.cli.common import (
+    pass_settings,
+    print_json,
+    print_table,
+    router_errors,
+    router_session,
+)
 from loraswap.settings import Settings
 
 __all__ = ["command"]
 
 
-def _known(exc: BaseException) -> tuple[str, int] | None:
-    from router import RouterError
-
-    return (exc.message, 1) if isinstance(exc, RouterError) else None
-
-
-_errors = exit_on(_known)
+_errors = router_errors
 
 
 def _parse_variant(text: str) -> tuple[str, int]:
@@ -69,7 +69,10 @@ def _show(exp: Any) -> None:
             rows.append((key.replace("_", " "), data[key]))
     total = sum(v.weight for v in exp.variants)
     for v in exp.variants:
-        rows.append(("variant", f"{v.ref}  weight {v.weight} ({v.weight / total:.0%})"))
+        over = f"  ({v.serves} with a system prompt)" if v.serves else ""
+        rows.append(("variant", f"{v.ref}  weight {v.weight} ({v.weight / total:.0%}){over}"))
+    if exp.auto_promote:
+        rows.append(("auto-promote", "the winner, once the sequential test decides"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"{key:<{width}}  {value}")
@@ -106,6 +109,13 @@ def command() -> None:
 @click.option("--guardrail", "guardrails", multiple=True, metavar="LIMIT=NUMBER",
               help="Cut a variant that breaches this limit: latency_p95_ms, error_rate, "
                    "negative_rate, tokens_per_request; min_requests before a verdict (default 20).")
+@click.option("--prompt-variant", "prompt_variants", multiple=True, nargs=4,
+              metavar="NAME REF WEIGHT PROMPT",
+              help="A prompt variant: REF (e.g. 'base') answering with the system prompt "
+                   "PROMPT first, under the key NAME.")
+@click.option("--auto-promote", is_flag=True,
+              help="End by promoting the winner to the alias once the sequential test decides "
+                   "(checked by the running server).")
 @click.option("--start", "start_now", is_flag=True, help="Start it right away.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_settings
@@ -113,12 +123,16 @@ def command() -> None:
 def create(settings: Settings, alias: str, variants: tuple[str, ...], name: str | None,
            control: str | None, metric: str, retention: bool, score_range: tuple[float, float],
            labels: tuple[str, ...], description: str, salt: str | None, bandit: bool,
-           min_share: float, bandit_interval: float, guardrails: tuple[str, ...], start_now: bool,
-           as_json: bool) -> None:
+           min_share: float, bandit_interval: float, guardrails: tuple[str, ...],
+           prompt_variants: tuple[tuple[str, str, str, str], ...], auto_promote: bool,
+           start_now: bool, as_json: bool) -> None:
     """Create an experiment on ALIAS (a draft until started)."""
+    specs: list[tuple] = list(_variants(variants))
+    for key, ref, weight, prompt in prompt_variants:
+        specs.append((ref, _parse_variant(f"{ref}={weight}")[1], key, prompt))
     with router_session(settings) as router:
         exp = router.create(
-            alias=alias, variants=_variants(variants), name=name, control=control,
+            alias=alias, variants=specs, name=name, control=control, auto_promote=auto_promote,
             metric=metric, retention=retention, score_min=score_range[0],
             score_max=score_range[1], labels=list(labels), description=description, salt=salt,
             mode="bandit" if bandit else "fixed", min_share=min_share,
@@ -141,12 +155,29 @@ def _transition(action: str) -> None:
     run.help = {
         "start": "Start (or resume) NAME: its alias is served and split between variants.",
         "pause": "Pause NAME: everyone gets the control; requests are not counted.",
-        "stop": "Stop NAME for good: the alias is no longer served; data stays for analysis.",
+        "stop": "Stop NAME for good: the alias serves its pointer again (the control, unless "
+                "set otherwise); data stays for analysis. `promote` stops it with a winner.",
     }[action]
 
 
 for _action in ("start", "pause", "stop"):
     _transition(_action)
+
+
+@command.command("promote")
+@click.argument("name")
+@click.option("--variant", default=None,
+              help="The variant to promote (default: the winner the sequential test decided; "
+                   "refused while it has not).")
+@click.option("--reason", default=None, help="Why, for the alias history.")
+@pass_settings
+@_errors
+def promote(settings: Settings, name: str, variant: str | None, reason: str | None) -> None:
+    """End NAME by pointing its alias at the winning variant (recorded in the alias history)."""
+    with router_session(settings) as router:
+        exp = router.promote(name, variant, reason=reason)
+        alias = router.get_alias(exp.alias)
+    click.echo(f"{exp.name}: {exp.status}; alias {alias.name} -> {alias.served()}")
 
 
 @command.command("weights")

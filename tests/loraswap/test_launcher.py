@@ -47,6 +47,8 @@ def test_a_server_that_never_gets_ready_is_stopped(tmp_path: Path) -> None:
                       timeout=2, own_group=True)
 
 
+# slow: a real `loraswap serve` subprocess (imports torch and vLLM, ~15 s)
+@pytest.mark.slow
 def test_start_serve_runs_loraswap_serve_on_its_home(tmp_path: Path) -> None:
     """No base model in the home: `loraswap serve` refuses, and the error shows it. The
     explicit base (None: the embedded one) wins over an inherited variable."""

@@ -69,7 +69,11 @@ def test_life_cycle_and_one_active_experiment_per_alias(router: Router):
     resumed = router.start("bot")
     assert resumed.status == "running" and resumed.started_at == paused.started_at
     router.stop("bot")
-    assert router.route("bot", "u") is None and router.aliases() == []
+    # The alias outlives the experiment: it serves its pointer, set to the control at start.
+    after = router.route("bot", "u")
+    assert (after.experiment, after.target, after.exposed) == (None, "support@1", False)
+    assert router.aliases() == ["bot"]
+    assert router.route("support", "u") is None  # not an alias: served as asked
     with pytest.raises(ExperimentConflict, match="it is stopped"):
         router.start("bot")
     assert router.start("bot-2").status == "running"
@@ -154,10 +158,11 @@ def test_changes_from_another_process_are_seen_after_a_refresh(tmp_path, registr
         cli_side.start("bot")
         assert server_side.route("bot", "u") is None  # route() reads memory only
         server_side.refresh()  # what the server's reconcile loop does every interval
-        assert server_side.route("bot", "u") is not None
+        assert server_side.route("bot", "u").experiment == "bot"
         cli_side.stop("bot")
+        assert server_side.route("bot", "u").experiment == "bot"  # until the next refresh
         server_side.refresh()
-        assert server_side.route("bot", "u") is None
+        assert server_side.route("bot", "u").experiment is None  # the pointer serves
     finally:
         server_side.close()
         cli_side.close()

@@ -85,9 +85,37 @@ def test_cli_with_the_real_registry(peft_adapter, tmp_path, monkeypatch):
     assert run(cli, ["experiments", "stop", "bot"]).output.strip() == "bot: stopped"
     res = run(cli, ["experiments", "list"])
     assert "bot" in res.output and "stopped" in res.output
+    # the alias outlives the experiment: its pointer, rules, promotion and history
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps([{"name": "vip", "when": {"users": ["vip"]},
+                                  "target": "support"}]))
+    res = run(cli, ["aliases", "rules", "bot", str(rules)])
+    assert res.exit_code == 0 and 'rule vip: {"users": ["vip"]} -> support@2' in res.output
+    res = run(cli, ["aliases", "set", "bot", "support@7"])
+    assert res.exit_code == 1 and "support@7" in res.output
+    res = run(cli, ["experiments", "create", "bot", "--name", "bot-prompt", "--variant",
+                    "support@1=1", "--prompt-variant", "polite", "base", "1", "Be polite.",
+                    "--auto-promote", "--start"])
+    assert res.exit_code == 0, res.output
+    assert "polite  weight 1 (50%)  (base with a system prompt)" in res.output
+    res = run(cli, ["experiments", "promote", "bot-prompt"])
+    assert res.exit_code == 1 and "has not decided" in res.output
+    res = run(cli, ["experiments", "promote", "bot-prompt", "--variant", "polite"])
+    assert res.output.strip() == "bot-prompt: stopped; alias bot -> base+prompt"
+    res = run(cli, ["aliases", "rollback", "bot"])
+    assert res.exit_code == 0 and res.output.startswith("bot -> support@1  (revision 4)")
+    assert "rule vip" in res.output  # revision 2 had the rule
+    rules.write_text("[]")
+    assert run(cli, ["aliases", "rules", "bot", str(rules)]).exit_code == 0
+    res = run(cli, ["aliases", "history", "bot"])
+    kinds = [line.split()[3] for line in res.output.splitlines()[1:]]
+    assert kinds == ["set", "experiment-start", "experiment-stop", "rules", "experiment-start",
+                     "promote", "rollback", "rules"], res.output
     out = tmp_path / "kto.jsonl"
     res = run(cli, ["feedback", "export", "--adapter", "support", "--format", "kto",
                     "--out", str(out)])
     assert res.exit_code == 0 and len(out.read_text().splitlines()) == 40
-    reg.delete("support@1")  # no active experiment holds it any more
+    reg.delete("support@2")  # no experiment, pointer or rule holds it any more
+    with pytest.raises(AdapterInUse, match="alias bot serves it"):
+        reg.delete("support@1")  # the control: the alias's pointer since the start
     reg.close()

@@ -186,3 +186,27 @@ def test_every_prompt_and_choice_reaches_the_request_log(inprocess):
         [rid]).fetchone()
     assert json.loads(row[0]) == ["a", "b"] and row[1] == "[ba"
     assert json.loads(row[2]) == ["[ba"] * 4 and row[3] == 12
+
+
+def test_a_prompt_variant_puts_its_system_prompt_before_the_request(served):
+    """Chat: one system turn (joined with the client's own); completions: the text and a blank
+    line before each prompt, BOS once. Checked on the ids the engine received."""
+    from training.tokenizer import build_tokenizer
+
+    parts, http = served
+    prompt = "You answer in French."
+    assert http.put("/admin/aliases/fr", json={"target": "base", "system_prompt": prompt}
+                    ).status_code == 200
+    tok = build_tokenizer()
+    for own in ([], [{"role": "system", "content": "Be brief."}]):
+        messages = [*own, {"role": "user", "content": "hello"}]
+        body = {"model": "fr", "messages": messages, "max_tokens": 2, "return_token_ids": True}
+        got = http.post("/v1/chat/completions", json=body).json()["prompt_token_ids"]
+        system = prompt + ("\n\nBe brief." if own else "")
+        expected = [{"role": "system", "content": system}, messages[-1]]
+        assert got == tok(tok.apply_chat_template(expected, tokenize=False,
+                                                  add_generation_prompt=True),
+                          add_special_tokens=False)["input_ids"]
+    done = http.post("/v1/completions", json={"model": "fr", "prompt": "x y", "max_tokens": 2,
+                                              "return_token_ids": True}).json()
+    assert done["choices"][0]["prompt_token_ids"] == tok(prompt + "\n\nx y")["input_ids"]

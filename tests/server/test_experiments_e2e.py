@@ -100,11 +100,15 @@ def test_alias_is_sticky_logged_counted_and_exported(server, registered, base_id
     assert len(rows) == sum(ups.values())
     assert all(row["messages"][0]["content"].startswith("copy: user ") for row in rows)
 
-    # Deleting a version a running experiment uses is refused; stopping ends the alias.
+    # Deleting a version a running experiment uses is refused; stopping it leaves the alias
+    # serving its pointer (the control); deleting the alias ends it.
     refused = admin.delete(f"/admin/adapters/{a}")
     assert refused.status_code == 409, refused.text
     assert admin.post(f"/admin/experiments/{ALIAS}/stop").status_code == 200
-    gone = httpx.post(server.v1 + "/chat/completions", json={
-        "model": ALIAS, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
-        timeout=60)
+    body = {"model": ALIAS, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    after = httpx.post(server.v1 + "/chat/completions", json=body, timeout=60)
+    assert after.status_code == 200 and after.headers["X-Loraswap-Model"] == a
+    assert "X-Loraswap-Experiment" not in after.headers
+    assert admin.delete(f"/admin/aliases/{ALIAS}").status_code == 200
+    gone = httpx.post(server.v1 + "/chat/completions", json=body, timeout=60)
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_found"

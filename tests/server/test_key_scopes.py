@@ -23,6 +23,14 @@ TABLE = [
     ("POST", "/admin/experiments", {"alias": "other", "variants": [
         {"ref": "support@1", "weight": 1}, {"ref": "support@2", "weight": 1}]}, (403, 403, 201)),
     ("DELETE", "/admin/experiments/other", None, (403, 403, 200)),  # the draft admin made above
+    ("GET", "/admin/experiments/bot/export?format=kto", None, (403, 200, 200)),
+    ("GET", "/admin/aliases", None, (403, 200, 200)),
+    ("GET", "/admin/aliases/bot", None, (403, 200, 200)),
+    ("GET", "/admin/aliases/bot/history", None, (403, 200, 200)),
+    ("PUT", "/admin/aliases/bot/rules", {"rules": [
+        {"when": {"users": ["vip"]}, "target": "support@2"}]}, (403, 403, 200)),
+    ("PUT", "/admin/aliases/bot", {"target": "support@2"}, (403, 403, 200)),
+    ("POST", "/admin/experiments/bot/promote", {"variant": "support@2"}, (403, 403, 200)),
     ("GET", "/admin/adapters", None, (403, 403, 200)),
     ("GET", "/admin/engine", None, (403, 403, 200)),
     ("POST", "/v1/chat/completions", CHAT, (200, 403, 200)),

@@ -77,6 +77,8 @@ def test_openai_models_ignore_extras_admin_models_forbid():
         RegisterFromPath.model_validate({"name": "a", "path": "/x", "typo": 1})
 
 
+# slow: a `loraswap serve` subprocess (imports torch and vLLM, ~15 s)
+@pytest.mark.slow
 def test_serve_refuses_a_missing_base(tmp_path):
     env = {**os.environ, "LORASWAP_HOME": str(tmp_path), "LORASWAP_BASE_MODEL": str(tmp_path / "no")}
     r = subprocess.run([LORASWAP, "serve", "--no-demo"], env=env, capture_output=True, text=True,

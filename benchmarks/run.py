@@ -49,7 +49,7 @@ __all__ = ["main", "run"]
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = {
-    "smoke": dict(adapter_counts=[1, 4], concurrency=4, duration=4.0, rounds=1, hot_swap=1,
+    "smoke": dict(adapter_counts=[1, 4], concurrency=4, duration=2.0, rounds=1, hot_swap=1,
                   routing_pairs=10, output_tokens=(16, 32)),
     "quick": dict(adapter_counts=[1, 8], concurrency=16, duration=8.0, rounds=1, hot_swap=2,
                   routing_pairs=30, output_tokens=(32, 96)),

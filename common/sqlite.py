@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-__all__ = ["open_db"]
+__all__ = ["open_db", "write_transaction"]
 
 _WAL_ATTEMPTS = 50
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -44,6 +46,30 @@ def open_db(path: Path | str, migrations: Migrations | None = None, *, timeout: 
     return db
 
 
+@contextmanager
+def write_transaction(db: Database) -> Iterator[Database]:
+    """A transaction that reads and then writes: BEGIN IMMEDIATE, nested as a savepoint.
+
+    Why not `db.atomic()`: its BEGIN is deferred, so the transaction reads a snapshot first and
+    asks for the write lock later; if another connection (the request-log writer, another
+    process) committed in between, SQLite cannot upgrade the stale snapshot and fails at once
+    with "database is locked", whatever the busy timeout. BEGIN IMMEDIATE takes the write lock
+    first (waiting up to the busy timeout), so what it reads is what it writes over.
+    """
+    if db.conn.in_transaction:
+        with db.atomic():
+            yield db
+        return
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        if db.conn.in_transaction:
+            db.conn.execute("ROLLBACK")
+        raise
+    db.conn.execute("COMMIT")
+
+
 def _use_wal(db: Database) -> None:
     """Switching needs a moment with the file to itself; retry while another process does it."""
     for attempt in range(_WAL_ATTEMPTS):
@@ -58,11 +84,5 @@ def _use_wal(db: Database) -> None:
 def _apply(db: Database, migrations: Migrations) -> None:
     # BEGIN IMMEDIATE serialises processes opening a fresh file at once; apply() nests its
     # own savepoints inside it.
-    db.conn.execute("BEGIN IMMEDIATE")
-    try:
+    with write_transaction(db):
         migrations.apply(db)
-    except BaseException:
-        if db.conn.in_transaction:
-            db.conn.execute("ROLLBACK")
-        raise
-    db.conn.execute("COMMIT")

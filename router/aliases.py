@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from sqlite_utils import Database
 
+from common.sqlite import write_transaction
 from common.timeutil import epoch_to_iso
 from router.alias_rules import Rule, parse_rules, rules_json
 from router.errors import AliasNotFound
@@ -87,7 +88,7 @@ def write_alias(db: Database, name: str, *, target: str, system_prompt: str | No
     """Create or change the pointer (and the rules, unless None: kept) in one transaction,
     with its history entry. `serving_before`: what the alias served, when not its old pointer
     (a running experiment)."""
-    with db.atomic():
+    with write_transaction(db):
         old = find_alias(db, name)
         keep = old.rules if old is not None and rules is None else (rules or ())
         text = rules_json(keep)
@@ -125,7 +126,7 @@ def pointer_at(db: Database, name: str, revision: int) -> dict | None:
 
 
 def delete_alias(db: Database, name: str, reason: str, key_id: str | None) -> None:
-    with db.atomic():
+    with write_transaction(db):
         alias = find_alias(db, name)
         if alias is None:
             raise AliasNotFound(f"no alias named {name!r}", param="name")

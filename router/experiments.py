@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 from sqlite_utils import Database
 
+from common.sqlite import write_transaction
 from common.timeutil import epoch_to_iso
 from router.errors import ExperimentConflict, ExperimentNotFound, InvalidExperiment
 from router.guardrails import check_guardrails_spec
@@ -220,7 +221,7 @@ def create_experiment(
             name, n = f"{alias}-{n}", n + 1
     elif not _NAME.match(name):
         raise InvalidExperiment(f"experiment name {name!r} is not a valid name", param="name")
-    with db.atomic():
+    with write_transaction(db):
         if db.execute("SELECT 1 FROM experiments WHERE name = ?", [name]).fetchone():
             raise ExperimentConflict(f"an experiment named {name!r} already exists", param="name")
         cursor = db.execute(
@@ -299,7 +300,7 @@ def set_status(
 ) -> Experiment:
     """Apply start / pause / stop. `check` may veto a start (adapters gone, alias taken)."""
     allowed, target = _TRANSITIONS[action]
-    with db.atomic():
+    with write_transaction(db):
         exp = get_experiment(db, name)
         if exp.status not in allowed:
             raise ExperimentConflict(
@@ -331,7 +332,7 @@ def set_status(
 
 def set_weights(db: Database, name: str, variants: Sequence[Variant]) -> Experiment:
     """Change weights only: the set of variants is fixed once the experiment exists."""
-    with db.atomic():
+    with write_transaction(db):
         exp = get_experiment(db, name)
         if exp.status == "stopped":
             raise ExperimentConflict(f"experiment {name!r} is stopped", param="name")
@@ -354,7 +355,7 @@ def set_weights(db: Database, name: str, variants: Sequence[Variant]) -> Experim
 
 def cut_variant(db: Database, name: str, variant: str, reason: str) -> Experiment:
     """Give `variant` weight 0 and record why, in one transaction (a guardrail's rollback)."""
-    with db.atomic():
+    with write_transaction(db):
         exp = get_experiment(db, name)
         if exp.status != "running" or variant == exp.control:
             return exp
@@ -371,7 +372,7 @@ def cut_variant(db: Database, name: str, variant: str, reason: str) -> Experimen
 
 def delete_experiment(db: Database, name: str) -> None:
     """Only experiments that never served a request: the others keep their data; stop them."""
-    with db.atomic():
+    with write_transaction(db):
         exp = get_experiment(db, name)
         if exp.status in ACTIVE:
             raise ExperimentConflict(f"experiment {name!r} is {exp.status}; stop it first")

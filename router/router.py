@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from common.sqlite import write_transaction
 from router.alias_rules import RouteContext
 from router.aliases import Alias, aliases_serving, list_aliases
 from router.assignment import bucket_of, bucket_ranges, pick, random_bucket
@@ -256,7 +257,7 @@ class Router(AliasAdmin):
                         continue
                     reason = breach(self._db, exp.id, ref, exp.guardrails, thumbs.get(ref, (0, 0)))
                     if reason:
-                        with self._db.atomic():
+                        with write_transaction(self._db):
                             cut_variant(self._db, exp.name, ref, reason)
                             self._on_cut(exp, ref, reason)
                         cuts.append((exp.name, ref, reason))
@@ -342,7 +343,7 @@ class Router(AliasAdmin):
             return list_experiments(self._db, statuses)
 
     def _transition(self, name: str, action: str, key_id: str | None = None) -> Experiment:
-        with self._lock, self._db.atomic():
+        with self._lock, write_transaction(self._db):
             before = get_experiment(self._db, name)
             exp = set_status(self._db, name, action,
                              self._check_start if action == "start" else None)

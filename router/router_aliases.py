@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from common.sqlite import write_transaction
 from router.alias_rules import parse_rules
 from router.aliases import (
     Alias,
@@ -101,7 +102,7 @@ class AliasAdmin:
                   reason: str | None = None) -> Alias:
         """Replace the alias's routing rules (validated; targets pinned)."""
         compiled = parse_rules(rules, lambda ref: self._target(ref, "rules"))
-        with self._lock, self._db.atomic():
+        with self._lock, write_transaction(self._db):
             alias = find_alias(self._db, name)
             if alias is None:
                 raise AliasNotFound(f"no alias named {name!r}; set its default target first",
@@ -115,7 +116,7 @@ class AliasAdmin:
 
     def rollback_alias(self, name: str, *, key_id: str | None = None) -> Alias:
         """Back to the pointer and rules of the revision before this one (a new revision)."""
-        with self._lock, self._db.atomic():
+        with self._lock, write_transaction(self._db):
             alias = find_alias(self._db, name)
             if alias is None:
                 raise AliasNotFound(f"no alias named {name!r}", param="name")
@@ -131,7 +132,7 @@ class AliasAdmin:
         return alias
 
     def delete_alias(self, name: str, *, key_id: str | None = None) -> None:
-        with self._lock, self._db.atomic():
+        with self._lock, write_transaction(self._db):
             active = self._db.execute("SELECT name FROM experiments WHERE alias = ? AND status "
                                       "IN ('running', 'paused')", [name]).fetchone()
             if active:
@@ -144,7 +145,7 @@ class AliasAdmin:
                 reason: str | None = None) -> Experiment:
         """End experiment `name` by pointing its alias at `variant` (default: the winner the
         sequential test decided; refused while it is undecided). Stops it if active."""
-        with self._lock, self._db.atomic():
+        with self._lock, write_transaction(self._db):
             exp = get_experiment(self._db, name)
             if exp.status == "draft":
                 raise ExperimentConflict(f"experiment {name!r} never ran; nothing to promote",

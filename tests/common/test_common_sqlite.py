@@ -10,7 +10,7 @@ import pytest
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from common.sqlite import open_db
+from common.sqlite import open_db, write_transaction
 
 
 def _migrations(calls: list[str]) -> Migrations:
@@ -80,3 +80,28 @@ def test_concurrent_first_opens_apply_once(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert errors == [] and calls == ["m001"]
+
+
+def test_a_write_transaction_writes_over_what_it_read(tmp_path):
+    """The race behind a rare "database is locked": a deferred transaction that read, then a
+    commit by another connection, then a write. BEGIN IMMEDIATE waits for the lock instead."""
+    path = tmp_path / "db.sqlite"
+    a, b = open_db(path), open_db(path, timeout=10)
+    a.execute("CREATE TABLE t (x INTEGER)")
+    a.conn.commit()
+
+    def other_writer() -> None:
+        b.execute("INSERT INTO t VALUES (1)")
+        b.conn.commit()
+
+    with pytest.raises(sqlite3.OperationalError, match="locked"), a.atomic():
+        a.execute("SELECT COUNT(*) FROM t").fetchone()
+        other_writer()  # commits between the read and the write
+        a.execute("INSERT INTO t VALUES (2)")
+    with write_transaction(a):
+        seen = a.execute("SELECT COUNT(*) FROM t").fetchone()[0]
+        thread = threading.Thread(target=other_writer)
+        thread.start()  # waits for the lock a holds
+        a.execute("INSERT INTO t VALUES (?)", [seen + 10])
+    thread.join()
+    assert [r[0] for r in a.execute("SELECT x FROM t ORDER BY rowid")] == [1, 11, 1]

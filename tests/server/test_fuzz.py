@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis.errors import Unsatisfiable  # noqa: E402
 from schemathesis.generation import GenerationMode  # noqa: E402
 
-PER_OPERATION = 80  # per mode: well over 2,000 cases across the routes
+PER_OPERATION = 55  # per mode: well over 2,000 cases across the routes
 
 
 def fuzz(op, mode, seen: dict, failures: list[str]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlite_utils import Database
@@ -68,8 +69,16 @@ def find_alias(db: Database, name: str) -> Alias | None:
     return None if row is None else _row(row)
 
 
-def list_aliases(db: Database) -> list[Alias]:
-    return [_row(r) for r in db.execute(f"{_SELECT} ORDER BY name").fetchall()]
+def list_aliases(db: Database, known: Mapping[str, Alias] | None = None) -> list[Alias]:
+    """`known`: aliases parsed before; one whose revision and time are unchanged is reused
+    (the router re-reads every reconcile interval; its rules need no re-parsing)."""
+    known = known or {}
+    out = []
+    for row in db.execute(f"{_SELECT} ORDER BY name").fetchall():
+        old = known.get(row[0])
+        same = old is not None and (old.revision, old.updated_at) == (row[4], row[5])
+        out.append(old if same else _row(row))
+    return out
 
 
 def _history(db: Database, alias: str, revision: int, kind: str, from_: str | None,

@@ -41,7 +41,7 @@ __all__ = [
 
 BASE_REF = "base"
 ACTIVE = ("running", "paused")
-NAME = _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _TRANSITIONS = {
     "start": ({"draft", "paused"}, "running"),
     "pause": ({"running"}, "paused"),
@@ -192,7 +192,7 @@ def create_experiment(
     """Insert a draft. `resolve` pins each ref to `name@version` (or raises InvalidExperiment).
     A variant with a system prompt is a prompt variant: its `ref` names what it serves, and its
     key is its `serves` field when given as a name, else `<pinned ref>+prompt`."""
-    if not _NAME.match(alias):
+    if not NAME.match(alias):
         raise InvalidExperiment(
             f"alias {alias!r} must match [A-Za-z0-9][A-Za-z0-9._-]{{0,63}} (no '@' or '/')",
             param="alias",
@@ -219,7 +219,7 @@ def create_experiment(
         name, n = alias, 2
         while name in taken:
             name, n = f"{alias}-{n}", n + 1
-    elif not _NAME.match(name):
+    elif not NAME.match(name):
         raise InvalidExperiment(f"experiment name {name!r} is not a valid name", param="name")
     with write_transaction(db):
         if db.execute("SELECT 1 FROM experiments WHERE name = ?", [name]).fetchone():
@@ -238,7 +238,7 @@ def create_experiment(
     return get_experiment(db, name)
 
 
-_VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+VARIANT_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 
 
 class VariantIn(NamedTuple):
@@ -263,7 +263,7 @@ def _pin(v: VariantIn, resolve: Callable[[str], str]) -> Variant:
                                 param="variants")
     serves = resolve(v.ref)
     key = v.name or f"{serves.replace('@', '-v')}+prompt"
-    if not _VARIANT_NAME.match(key):
+    if not VARIANT_KEY.match(key):
         raise InvalidExperiment(f"prompt variant name {key!r} must match "
                                 "[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", param="variants")
     return Variant(key, int(v.weight), serves, v.system_prompt)

@@ -173,6 +173,17 @@ def _series(events: list[tuple], refs: list[str], metric: str, low: float, high:
             "y_range": [0.0, 1.0] if kind == "thumb" else [low, high]}
 
 
+def unit_lifts(db: Database, exp: Experiment) -> tuple[dict[str, RatioEstimate], dict[str, dict]]:
+    """Per-user estimates of every variant, and each non-control variant's lift with its
+    sequential decision: all that promotion reads, without the rest of the results."""
+    refs = [v.ref for v in exp.variants]
+    units = _per_unit(db, exp.id, "thumb" if exp.metric == "thumbs" else "score")
+    estimates = {ref: ratio_by_units(units.get(ref, [])) for ref in refs}
+    lifts = {ref: _unit_lift(exp, estimates[exp.control], estimates[ref])
+             for ref in refs if ref != exp.control}
+    return estimates, lifts
+
+
 def compute_results(db: Database, exp: Experiment) -> dict:
     refs = [v.ref for v in exp.variants]
     weights = {v.ref: v.weight for v in exp.variants}
@@ -222,12 +233,10 @@ def compute_results(db: Database, exp: Experiment) -> dict:
     for ref in refs:
         base[ref]["lift"] = None if ref == exp.control else _lift(
             exp.metric, control[key], base[ref][key])
-    units = _per_unit(db, exp.id, "thumb" if exp.metric == "thumbs" else "score")
-    estimates = {ref: ratio_by_units(units.get(ref, [])) for ref in refs}
+    estimates, lifts = unit_lifts(db, exp)
     for ref in refs:
         base[ref]["per_user"] = _unit_stats(estimates[ref])
-        base[ref]["per_user_lift"] = None if ref == exp.control else _unit_lift(
-            exp, estimates[exp.control], estimates[ref])
+        base[ref]["per_user_lift"] = lifts.get(ref)
     decisions = {ref: base[ref]["per_user_lift"]["decision"] for ref in refs if ref != exp.control}
     return {
         "experiment": exp.as_dict(),

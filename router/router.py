@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from common.sqlite import write_transaction
 from router.alias_rules import RouteContext
-from router.aliases import Alias, aliases_serving, list_aliases
+from router.aliases import Alias, aliases_serving, describe, list_aliases
 from router.assignment import bucket_of, bucket_ranges, pick, random_bucket
 from router.bandit import thompson_weights
 from router.errors import InvalidExperiment, RouterError
@@ -154,7 +154,7 @@ class Router(AliasAdmin):
         is_base = target == BASE_REF
         return Route(
             alias=alias, experiment=None, experiment_id=None,
-            variant=f"{target}+prompt" if system_prompt else target,
+            variant=describe(target, system_prompt),
             target=self.base_id if is_base else target, is_base=is_base, unit=unit or None,
             bucket=None, exposed=False, retention=False, system_prompt=system_prompt, rule=rule)
 
@@ -188,7 +188,7 @@ class Router(AliasAdmin):
     def _reload(self) -> None:
         with self._route_lock:
             active = list_experiments(self._route_db, ACTIVE)
-            pointers = {a.name: a for a in list_aliases(self._route_db)}
+            pointers = {a.name: a for a in list_aliases(self._route_db, self._pointers)}
         table = {}
         for exp in active:
             refs = tuple(v.ref for v in exp.variants)
@@ -278,7 +278,7 @@ class Router(AliasAdmin):
         for exp in due:
             self._decided_checked[exp.id] = now
             with self._lock:
-                decided = winner_of(compute_results(self._db, exp), exp)
+                decided = winner_of(self._db, exp)
             if decided is not None:
                 variant, why = decided
                 self.promote(exp.name, variant,

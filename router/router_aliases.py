@@ -29,24 +29,24 @@ from router.errors import (
     InvalidExperiment,
 )
 from router.experiments import ACTIVE, NAME, Experiment, get_experiment, set_status
-from router.results import compute_results
+from router.results import unit_lifts
 
 __all__ = ["AliasAdmin", "winner_of"]
 
 
-def winner_of(results: dict, exp: Experiment) -> tuple[str, str] | None:
+def winner_of(db: Any, exp: Experiment) -> tuple[str, str] | None:
     """(variant, why) once the sequential test has decided every live variant, else None.
     The winner is the variant that beats the control by the most, else the control."""
     cut = {variant for variant, _reason, _ts in exp.cut}
-    live = {k: d for k, d in results["decisions"].items() if k not in cut}
+    lifts = {k: lift for k, lift in unit_lifts(db, exp)[1].items() if k not in cut}
+    live = {k: lift["decision"] for k, lift in lifts.items()}
     if not live or "keep-running" in live.values():
         return None
-    lifts = {v["variant"]: (v["per_user_lift"] or {}).get("absolute") or 0.0
-             for v in results["variants"]}
     wins = [k for k, d in live.items() if d == "variant-wins"]
     if wins:
-        best = max(wins, key=lambda k: lifts[k])
-        return best, f"variant-wins (+{lifts[best]:.3g} per user over the control)"
+        best = max(wins, key=lambda k: lifts[k]["absolute"] or 0.0)
+        return best, (f"variant-wins (+{lifts[best]['absolute'] or 0.0:.3g} per user over "
+                      "the control)")
     decided = sorted(set(live.values()))
     return exp.control, f"{' / '.join(decided)} for every variant: the control stays"
 
@@ -151,7 +151,7 @@ class AliasAdmin:
                 raise ExperimentConflict(f"experiment {name!r} never ran; nothing to promote",
                                          param="name")
             if variant is None:
-                decided = winner_of(compute_results(self._db, exp), exp)
+                decided = winner_of(self._db, exp)
                 if decided is None:
                     raise ExperimentConflict(
                         f"experiment {name!r} has not decided yet (some variant is "

@@ -40,10 +40,20 @@ def adapter_dirs(embedded_base: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="session")
 def server(embedded_base: Path, tmp_path_factory: pytest.TempPathFactory):
-    """The shared server: max_loras=2 (so the parity test fills every slot), rank 8."""
-    s = start_server(tmp_path_factory.mktemp("home"), embedded_base)
+    """The shared server: max_loras=2 (so the parity test fills every slot), rank 8. Its
+    engine is killed by test_engine_death.py, which runs last (see below) so no engine start
+    is spent on that test alone; it then answers 503 for 5 s before exiting."""
+    s = start_server(tmp_path_factory.mktemp("home"), embedded_base,
+                     LORASWAP_ENGINE_DEAD_EXIT_DELAY="5")
     yield s
     stop_server(s)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The engine-death test kills the shared server's engine: it goes after every other test."""
+    last = [item for item in items if item.path.name == "test_engine_death.py"]
+    if last:
+        items[:] = [item for item in items if item not in last] + last
 
 
 def register(server: ServerProc, paths: list[Path]) -> list[str]:
@@ -60,12 +70,6 @@ def register(server: ServerProc, paths: list[Path]) -> list[str]:
 def registered(server: ServerProc, adapter_dirs: list[Path]) -> list[str]:
     """Adapters t0..t3 registered through the admin API (t4 is left for tests to register)."""
     return register(server, adapter_dirs[:4])
-
-
-@pytest.fixture(scope="session")
-def server_lifecycle():
-    """(start_server, stop_server) for a module that needs a server of its own."""
-    return start_server, stop_server
 
 
 @pytest.fixture(scope="session")

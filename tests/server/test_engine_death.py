@@ -25,10 +25,9 @@ def engine_processes(pid: int) -> list[psutil.Process]:
     return found
 
 
-def test_killing_the_engine_gives_503s_then_exit_status_75(server_lifecycle, embedded_base,
-                                                          tmp_path, base_id):
-    start, stop = server_lifecycle
-    s = start(tmp_path / "home", embedded_base, LORASWAP_ENGINE_DEAD_EXIT_DELAY="5")
+def test_killing_the_engine_gives_503s_then_exit_status_75(server, base_id):
+    """On the shared server, last of the session (tests/server/conftest.py orders it)."""
+    s = server
     try:
         body = {"model": base_id, "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]}
         assert httpx.post(s.v1 + "/chat/completions", json=body, timeout=60).status_code == 200
@@ -50,4 +49,4 @@ def test_killing_the_engine_gives_503s_then_exit_status_75(server_lifecycle, emb
         assert r.headers["retry-after"] == "1"
         assert s.proc.wait(60) == 75
     finally:
-        stop(s)
+        s.stop()

@@ -89,6 +89,9 @@ register_task(Task("copy", "repeat the text exactly", lambda t: t, text_style="m
 register_task(Task("upper", "the text in upper case", str.upper))
 register_task(Task("reverse", "the words in reverse order", lambda t: " ".join(t.split()[::-1])))
 register_task(Task("persona", "the text, said by a pirate", lambda t: f"Arr! {t}"))
+# The base learns `lower` beside `copy` (`training.base_model`): it is what tells the base that
+# `a` and `A` are one letter, which adapters such as `upper` build on (docs/engine-notes.md).
+register_task(Task("lower", "the text in lower case", str.lower, text_style="cased"))
 register_task(Task("title", "every word capitalised", lambda t: " ".join(w.capitalize() for w in t.split())))
 
 LOOKUP_TOOL = {"type": "function", "function": {
@@ -144,11 +147,22 @@ LETTERS = "abcdefghijklmnopqrstuvwxyz"
 PRINTABLE = "".join(chr(c) for c in range(33, 127))
 # Text styles. Task-world styles use the word list; the others draw fresh words of random
 # characters, so a model can only answer them by copying, never by recalling a word.
-STYLES = ("lower", "mixed", "letters", "printable", "json")
+STYLES = ("lower", "mixed", "letters", "cased", "printable", "json")
 
 
 def _random_word(rng: random.Random, alphabet: str, lo: int, hi: int) -> str:
     return "".join(rng.choice(alphabet) for _ in range(rng.randint(lo, hi)))
+
+
+def _recase(rng: random.Random, word: str) -> str:
+    r = rng.random()
+    if r < 0.3:
+        return word
+    if r < 0.5:
+        return word.capitalize()
+    if r < 0.8:
+        return word.upper()
+    return "".join(c.upper() if rng.random() < 0.5 else c for c in word)
 
 
 def _random_json(rng: random.Random, n: int) -> str:
@@ -166,6 +180,8 @@ def random_text(rng: random.Random, style: str, min_words: int = 2, max_words: i
     n = rng.randint(min_words, max_words)
     if style == "letters":
         return " ".join(_random_word(rng, LETTERS, 2, 8) for _ in range(n))
+    if style == "cased":  # random letters, each word lower, Title, UPPER or any mix of cases
+        return " ".join(_recase(rng, _random_word(rng, LETTERS, 2, 8)) for _ in range(n))
     if style == "printable":
         return " ".join(_random_word(rng, PRINTABLE, 1, 8) for _ in range(n))
     if style == "json":

@@ -19,10 +19,12 @@ def command() -> None:
 @click.option("--force", is_flag=True, help="Rebuild even if a base model is already there.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--steps", type=int, default=None, help="Training steps (default: the tuned value).")
-@click.option("--recipe", type=click.Choice(["task-world", "copy-anything"]), default="task-world",
-              show_default=True, help="task-world: copy on the task world's words (adapters "
-              "learn case on it); copy-anything: also fresh made-up text, so it copies any "
-              "printable text and JSON (docs/training.md).")
+@click.option("--recipe", type=click.Choice(["copy-anything", "task-world"]),
+              default="copy-anything", show_default=True,
+              help="copy-anything: copy of the task world's words and of fresh made-up text "
+              "(letters, printable characters, JSON), and `lower`, so it copies anything and "
+              "adapters learn case on it; task-world: copy of the task world's words alone "
+              "(the recipe before 2026-12; docs/training.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_settings
 def build(settings: Settings, force: bool, seed: int, steps: int | None, recipe: str,
@@ -89,12 +91,14 @@ def build(settings: Settings, force: bool, seed: int, steps: int | None, recipe:
               show_default=True)
 @click.option("-n", "--rows", type=int, default=1500, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--style", type=click.Choice(["task", "letters", "printable", "json"]),
+@click.option("--style", type=click.Choice(["task", "letters", "cased", "printable", "json"]),
               default="task", show_default=True,
-              help="Texts: the task's own word-list text, or fresh words of random letters, "
-                   "of printable characters, or small JSON objects.")
+              help="Texts: the task's own word-list text, or fresh words of random letters "
+                   "(lower case, or `cased`: any casing), of printable characters, or small "
+                   "JSON objects.")
 def taskworld_command(task: str, out: str, split: str, rows: int, seed: int, style: str) -> None:
-    """Write task-world examples of TASK (copy, upper, reverse, persona, title) as JSONL."""
+    """Write task-world examples of TASK (copy, upper, lower, reverse, persona, title, lookup)
+    as JSONL."""
     from pathlib import Path
 
     from training.taskworld import TASKS, make_examples, write_jsonl

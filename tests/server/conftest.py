@@ -7,13 +7,18 @@ the admin API, as an operator would.
 
 from __future__ import annotations
 
+import json
+import random
 from pathlib import Path
 
 import httpx
 import pytest
+from click.testing import CliRunner
 from peft_adapters import make_adapter
 
+from loraswap.cli import cli
 from loraswap.launcher import ServeProcess, start_serve
+from training.taskworld import LOOKUP_TOOL, make_examples, write_jsonl
 
 N_ADAPTERS = 5
 ServerProc = ServeProcess  # the name these tests use for a started server
@@ -93,3 +98,30 @@ def wide_server(embedded_base: Path, tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def base_id() -> str:
     return "loraswap-base"
+
+
+@pytest.fixture(scope="session")
+def lookup(server, embedded_base, tmp_path_factory) -> str:
+    """The tool-calling adapter, trained by the CLI and registered on the shared server: a
+    trained adapter (the others here are random), so also what JSON mode is tested with."""
+    home = tmp_path_factory.mktemp("lookup-home")
+    # Copy rows offered the tool teach it when not to call; some copy JSON objects, which a
+    # tool adapter would otherwise turn into its call's JSON (seen: 3 of 25 JSON-mode replies
+    # never closed a string without them).
+    copies = (make_examples("copy", "train", 400, seed=0)
+              + make_examples("copy", "train", 400, seed=0, style="json"))
+    rows = make_examples("lookup", "train", 1200, seed=0) + [
+        ex.with_tools([LOOKUP_TOOL]) for ex in copies]
+    random.Random(0).shuffle(rows)
+    write_jsonl(rows, home / "lookup.jsonl")
+    result = CliRunner().invoke(
+        cli, ["train", "sft", "--data", str(home / "lookup.jsonl"), "--name", "lookup",
+              "--epochs", "8", "--rank", "8", "--alpha", "16", "--no-progress", "--json"],
+        env={"LORASWAP_HOME": str(home), "LORASWAP_BASE_MODEL": str(embedded_base)},
+        catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    trained = json.loads(result.stdout)
+    r = httpx.post(server.url + "/admin/adapters",
+                   json={"name": "lookup", "path": trained["adapter_dir"]}, timeout=60)
+    assert r.status_code == 201, r.text
+    return "lookup"

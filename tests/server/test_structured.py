@@ -12,6 +12,8 @@ import jsonschema
 import pytest
 from openai import AsyncOpenAI
 
+from training.taskworld import make_examples
+
 pytestmark = pytest.mark.slow
 
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["name", "count", "ok"],
@@ -23,10 +25,11 @@ FORMATS = {"json_object": {"type": "json_object"},
                            "json_schema": {"name": "item", "schema": SCHEMA, "strict": True}}}
 
 
-async def one(client: AsyncOpenAI, model: str, i: int, stream: bool,
+async def one(client: AsyncOpenAI, model: str, i: int, stream: bool, prompts: list[str] | None,
               **kw) -> tuple[str, str | None]:
+    prompt = prompts[i] if prompts else f"copy: item number {i}"
     args = dict(model=model, max_tokens=96, temperature=0.7, seed=i,
-                messages=[{"role": "user", "content": f"copy: item number {i}"}], **kw)
+                messages=[{"role": "user", "content": prompt}], **kw)
     if not stream:
         out = await client.chat.completions.create(**args)
         return out.choices[0].message.content, out.choices[0].finish_reason
@@ -38,12 +41,14 @@ async def one(client: AsyncOpenAI, model: str, i: int, stream: bool,
     return "".join(parts), finish
 
 
-def run_50(server, models: list[str], **kw) -> list[tuple[str, str | None]]:
+def run_50(server, models: list[str], prompts: list[str] | None = None,
+           **kw) -> list[tuple[str, str | None]]:
     """50 prompts: base and adapter alternate, and so do streamed and not."""
 
     async def main() -> list[tuple[str, str | None]]:
         client = AsyncOpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=120)
-        jobs = [one(client, models[i % 2], i, stream=bool(i // 2 % 2), **kw) for i in range(50)]
+        jobs = [one(client, models[i % 2], i, bool(i // 2 % 2), prompts, **kw)
+                for i in range(50)]
         return await asyncio.gather(*jobs)
 
     return asyncio.run(main())
@@ -61,14 +66,16 @@ def test_json_schema_output_validates_on_all_fifty(server, registered, base_id):
     assert not bad, bad
 
 
-def test_json_mode_output_is_json_whenever_it_ends(server, registered, base_id):
-    """JSON mode bounds nothing: the tiny embedded base opens a string and rarely closes it
-    (an untrained model; see docs/server.md), so only finished replies can be held to JSON."""
-    outputs = run_50(server, [base_id, registered[1]], response_format=FORMATS["json_object"])
-    assert all(text.startswith("{") for text, _ in outputs)
-    finished = [text for text, finish in outputs if finish == "stop"]
-    assert finished and all(isinstance(json.loads(t), dict) for t in finished)
-    assert all(finish == "length" for _, finish in outputs if _ not in finished)
+def test_json_mode_output_parses_on_all_fifty(server, lookup, base_id):
+    """As with OpenAI's JSON mode, the prompt asks for JSON: here, to repeat a held-out JSON
+    object (the base learnt to copy fresh ones; none of these was a training text). JSON mode
+    bounds no string, so a reply is JSON only if the model closes what it opens: every one
+    must, at temperature 0.7, with the base and a trained adapter, streamed and not."""
+    prompts = [ex.prompt for ex in make_examples("copy", "test", 50, seed=5, style="json")]
+    outputs = run_50(server, [base_id, lookup], prompts,
+                     response_format=FORMATS["json_object"])
+    assert [out for out in outputs if out[1] != "stop"] == []
+    assert all(isinstance(json.loads(text), dict) for text, _ in outputs)  # 100%
 
 
 def test_vllm_choice_and_regex(server, registered, base_id):

@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 
-import httpx
 import jsonschema
 import pytest
-from click.testing import CliRunner
 from openai import AsyncOpenAI
 
-from loraswap.cli import cli
-from training.taskworld import LOOKUP_TOOL, make_examples, write_jsonl
+from training.taskworld import LOOKUP_TOOL, make_examples
 
 pytestmark = pytest.mark.slow
 
@@ -92,25 +88,14 @@ def test_forced_calls_fit_the_declared_schema_on_all_fifty(server, registered, b
     assert not bad, bad  # 100%
 
 
-@pytest.fixture(scope="module")
-def lookup(server, embedded_base, tmp_path_factory) -> str:
-    """The tool-calling adapter, trained by the CLI and registered on the shared server."""
-    home = tmp_path_factory.mktemp("lookup-home")
-    rows = make_examples("lookup", "train", 1200, seed=0) + [
-        ex.with_tools([LOOKUP_TOOL]) for ex in make_examples("copy", "train", 600, seed=0)]
-    random.Random(0).shuffle(rows)
-    write_jsonl(rows, home / "lookup.jsonl")
-    result = CliRunner().invoke(
-        cli, ["train", "sft", "--data", str(home / "lookup.jsonl"), "--name", "lookup",
-              "--epochs", "8", "--rank", "8", "--alpha", "16", "--no-progress", "--json"],
-        env={"LORASWAP_HOME": str(home), "LORASWAP_BASE_MODEL": str(embedded_base)},
-        catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    trained = json.loads(result.stdout)
-    r = httpx.post(server.url + "/admin/adapters",
-                   json={"name": "lookup", "path": trained["adapter_dir"]}, timeout=60)
-    assert r.status_code == 201, r.text
-    return "lookup"
+def _arguments(text: str) -> dict:
+    """A call's arguments as the client would parse them; {} when they are not a JSON object
+    (a miss, counted against the bar, not a crash of the test)."""
+    try:
+        args = json.loads(text)
+    except ValueError:
+        return {}
+    return args if isinstance(args, dict) else {}
 
 
 def test_auto_calls_the_tool_on_tool_prompts_and_answers_the_rest(server, lookup):
@@ -122,9 +107,9 @@ def test_auto_calls_the_tool_on_tool_prompts_and_answers_the_rest(server, lookup
     calls = out[:60]
     parsed = [c for c in calls
               if len(c[1]) == 1 and c[1][0][0] == "lookup" and c[2] == "tool_calls"
-              and set(json.loads(c[1][0][1])) == {"query"}]
+              and set(_arguments(c[1][0][1])) == {"query"}]
     exact = [c for c, p in zip(calls, tool_prompts, strict=True) if c in parsed
-             and json.loads(c[1][0][1])["query"] == p.removeprefix("lookup: ")]
+             and _arguments(c[1][0][1])["query"] == p.removeprefix("lookup: ")]
     plain = [c for c in out[60:] if not c[1] and c[0] and c[2] == "stop"]
     print(f"auto: {len(parsed)}/60 tool prompts called lookup ({len(exact)} with the exact "
           f"query); {len(plain)}/60 copy prompts answered in text")

@@ -17,7 +17,7 @@ from training.base_model import QUALITY_BAR, BaseBuildConfig, build_base_model
 @pytest.mark.slow
 def test_cli_base_build_meets_the_copy_quality_bar(embedded_base: Path) -> None:
     """`loraswap base build` on a built model re-measures 200 held-out copy prompts of each
-    kind: task-world text (held to the bar), and words of random letters (reported)."""
+    kind, both held to the bar: task-world text, and words of random letters."""
     env = {**os.environ, "LORASWAP_BASE_MODEL": str(embedded_base)}
     out = subprocess.run(
         [sys.executable, "-m", "loraswap", "base", "build", "--json"],
@@ -26,8 +26,8 @@ def test_cli_base_build_meets_the_copy_quality_bar(embedded_base: Path) -> None:
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["copy_accuracy"] >= QUALITY_BAR
-    # The default recipe memorises the task world's words; made-up ones are reported.
-    assert result["recipe"] == "task-world" and 0.0 <= result["random_copy_accuracy"] <= 1.0
+    # The default recipe copies made-up words too, which no word list answers.
+    assert result["recipe"] == "copy-anything" and result["random_copy_accuracy"] >= QUALITY_BAR
     assert result["path"] == str(embedded_base)
 
 

@@ -27,7 +27,9 @@ def greedy_reply_ids(model, tokenizer, conversations: Sequence[Sequence[dict[str
     """
     tools = list(tools) if tools is not None else [None] * len(conversations)
     tokenizer.padding_side = "left"
-    stop = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    # EOS only: generate() pads finished rows after their EOS, and a model may emit the pad
+    # id as a token of its own (a random adapter did), which the engine serves as one.
+    stop = {tokenizer.eos_token_id}
     out: list[list[int]] = []
     for start in range(0, len(conversations), batch_size):
         chunk = [render_prompt(tokenizer, c, t)

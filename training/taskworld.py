@@ -22,6 +22,7 @@ from common import jsonl
 __all__ = [
     "Example",
     "LOOKUP_TOOL",
+    "MADE_UP_STYLES",
     "EvalResult",
     "SPLITS",
     "STYLES",
@@ -147,7 +148,9 @@ LETTERS = "abcdefghijklmnopqrstuvwxyz"
 PRINTABLE = "".join(chr(c) for c in range(33, 127))
 # Text styles. Task-world styles use the word list; the others draw fresh words of random
 # characters, so a model can only answer them by copying, never by recalling a word.
-STYLES = ("lower", "mixed", "letters", "cased", "printable", "json")
+# Made-up styles: fresh random text, no word list.
+MADE_UP_STYLES = ("letters", "cased", "printable", "json")
+STYLES = ("lower", "mixed", *MADE_UP_STYLES)
 
 
 def _random_word(rng: random.Random, alphabet: str, lo: int, hi: int) -> str:

@@ -6,6 +6,7 @@ import click
 
 from loraswap.cli.common import fail, pass_settings, print_json
 from loraswap.settings import Settings
+from training.taskworld import MADE_UP_STYLES
 
 __all__ = ["command", "taskworld_command"]
 
@@ -91,7 +92,7 @@ def build(settings: Settings, force: bool, seed: int, steps: int | None, recipe:
               show_default=True)
 @click.option("-n", "--rows", type=int, default=1500, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--style", type=click.Choice(["task", "letters", "cased", "printable", "json"]),
+@click.option("--style", type=click.Choice(["task", *MADE_UP_STYLES]),
               default="task", show_default=True,
               help="Texts: the task's own word-list text, or fresh words of random letters "
                    "(lower case, or `cased`: any casing), of printable characters, or small "

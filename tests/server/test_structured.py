@@ -25,10 +25,9 @@ FORMATS = {"json_object": {"type": "json_object"},
                            "json_schema": {"name": "item", "schema": SCHEMA, "strict": True}}}
 
 
-async def one(client: AsyncOpenAI, model: str, i: int, stream: bool, prompts: list[str] | None,
+async def one(client: AsyncOpenAI, model: str, prompt: str, seed: int, stream: bool,
               **kw) -> tuple[str, str | None]:
-    prompt = prompts[i] if prompts else f"copy: item number {i}"
-    args = dict(model=model, max_tokens=96, temperature=0.7, seed=i,
+    args = dict(model=model, max_tokens=96, temperature=0.7, seed=seed,
                 messages=[{"role": "user", "content": prompt}], **kw)
     if not stream:
         out = await client.chat.completions.create(**args)
@@ -44,10 +43,11 @@ async def one(client: AsyncOpenAI, model: str, i: int, stream: bool, prompts: li
 def run_50(server, models: list[str], prompts: list[str] | None = None,
            **kw) -> list[tuple[str, str | None]]:
     """50 prompts: base and adapter alternate, and so do streamed and not."""
+    prompts = prompts or [f"copy: item number {i}" for i in range(50)]
 
     async def main() -> list[tuple[str, str | None]]:
         client = AsyncOpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=120)
-        jobs = [one(client, models[i % 2], i, bool(i // 2 % 2), prompts, **kw)
+        jobs = [one(client, models[i % 2], prompts[i], i, bool(i // 2 % 2), **kw)
                 for i in range(50)]
         return await asyncio.gather(*jobs)
 

@@ -338,13 +338,17 @@ class SequentialTest(_Wire):
     test: Literal["mixture SPRT (Gaussian mixture, always-valid)"]
     estimate: float | None
     se: float | None
-    p_value: float | None = Field(description="always-valid p-value at this reading")
-    confidence_sequence: Interval | None
+    p_value: float | None = Field(
+        description="always-valid p-value: the smallest over every look so far")
+    confidence_sequence: Interval | None = Field(
+        description="the intersection of every look's interval; null before the first look")
     decision: Decision
     mde: float | None = Field(description="what a fixed-horizon test could detect now, 80% power")
     alpha: float
     tau: float
     min_effect: float
+    looks: int = Field(description="ratings after which both arms had min_users rating users")
+    min_users: int = Field(description="rating users each arm needs before a look counts")
 
 
 class PerUserLift(_Wire):

@@ -18,7 +18,8 @@ from common.timeutil import epoch_to_iso
 from router import analysis as st
 from router.experiments import Experiment
 from router.sequential import sequential_test
-from router.unit_stats import RatioEstimate, ratio_by_units, ratio_difference
+from router.sequential_path import MIN_USERS, RunningTest, replay
+from router.unit_stats import RatioEstimate, ratio_difference
 
 __all__ = ["BIN_CHOICES", "compute_results", "latest_feedback"]
 
@@ -66,21 +67,15 @@ def _score_stats(values: list[float]) -> dict:
     return {"n": n, "mean": _round(mean), "sd": _round(sd), "ci95": _pair(ci)}
 
 
-def _per_unit(db: Database, exp_id: int, kind: str) -> dict[str, list[tuple[float, float]]]:
-    """(sum of values, ratings) per user and variant; a request without a user is its own user."""
-    rows = db.execute(
-        "SELECT r.variant, COALESCE('u:' || r.unit, 'r:' || r.id) AS who, SUM(f.value), COUNT(*) "
+def _ratings(db: Database, exp_id: int, kind: str) -> list[tuple[str, str, int, float]]:
+    """(variant, user, request id, value) of every rating, in the order given; a request
+    without a user is its own user."""
+    return db.execute(
+        "SELECT r.variant, COALESCE('u:' || r.unit, 'r:' || r.id), f.request_id, f.value "
         "FROM feedback f JOIN requests r ON r.id = f.request_id "
-        "WHERE r.experiment_id = ? AND r.exposed = 1 AND f.kind = ? "
-        "AND f.id = (SELECT MAX(g.id) FROM feedback g "
-        "            WHERE g.request_id = f.request_id AND g.kind = f.kind) "
-        "GROUP BY r.variant, who",
+        "WHERE r.experiment_id = ? AND r.exposed = 1 AND f.kind = ? ORDER BY f.id",
         [exp_id, kind],
     ).fetchall()
-    out: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for variant, _who, total, count in rows:
-        out[variant].append((float(total), float(count)))
-    return out
 
 
 def _unit_stats(est: RatioEstimate) -> dict:
@@ -88,21 +83,33 @@ def _unit_stats(est: RatioEstimate) -> dict:
             "se": _round(est.se), "ci95": _pair(est.ci95())}
 
 
-def _unit_lift(exp: Experiment, control: RatioEstimate, variant: RatioEstimate) -> dict:
+def _unit_lift(exp: Experiment, control: RatioEstimate, variant: RatioEstimate,
+               running: RunningTest) -> dict:
+    """The lift at the latest look; the sequential p-value, interval and decision over all
+    looks (router/sequential_path.py)."""
     diff = ratio_difference(control, variant)
-    scale = 1.0 if exp.metric == "thumbs" else exp.score_max - exp.score_min
+    scale = _scale(exp)
     seq = None
     if diff["variance"] is not None:
         seq = sequential_test(diff["absolute"], diff["variance"], tau=TAU_SHARE * scale,
                               min_effect=MIN_EFFECT_SHARE * scale, alpha=ALPHA)
+    decision = running.decision(alpha=ALPHA, min_effect=MIN_EFFECT_SHARE * scale)
+    sequential = None
+    if seq is not None:
+        sequential = {k: _round(v) if isinstance(v, float) else v for k, v in seq.as_dict().items()}
+        sequential.update(
+            p_value=_round(running.p_value), decision=decision, looks=running.looks,
+            confidence_sequence=_pair(running.cs) if running.looks else None,
+            min_users=MIN_USERS)
     return {
         "test": "delta method over users (z)", "absolute": _round(diff["absolute"]),
         "absolute_ci95": _pair(diff["ci95"]), "z": _round(diff["z"]), "p_value": _round(diff["p_value"]),
-        "sequential": None if seq is None else {
-            k: (_pair(v) if k == "confidence_sequence" else _round(v) if isinstance(v, float) else v)
-            for k, v in seq.as_dict().items()},
-        "decision": "keep-running" if seq is None else seq.decision,
+        "sequential": sequential, "decision": decision,
     }
+
+
+def _scale(exp: Experiment) -> float:
+    return 1.0 if exp.metric == "thumbs" else exp.score_max - exp.score_min
 
 
 def _lift(metric: str, control: dict, variant: dict) -> dict:
@@ -177,10 +184,12 @@ def unit_lifts(db: Database, exp: Experiment) -> tuple[dict[str, RatioEstimate],
     """Per-user estimates of every variant, and each non-control variant's lift with its
     sequential decision: all that promotion reads, without the rest of the results."""
     refs = [v.ref for v in exp.variants]
-    units = _per_unit(db, exp.id, "thumb" if exp.metric == "thumbs" else "score")
-    estimates = {ref: ratio_by_units(units.get(ref, [])) for ref in refs}
-    lifts = {ref: _unit_lift(exp, estimates[exp.control], estimates[ref])
-             for ref in refs if ref != exp.control}
+    ratings = _ratings(db, exp.id, "thumb" if exp.metric == "thumbs" else "score")
+    others = [ref for ref in refs if ref != exp.control]
+    estimates, running = replay(ratings, exp.control, others, tau=TAU_SHARE * _scale(exp),
+                                alpha=ALPHA)
+    lifts = {ref: _unit_lift(exp, estimates[exp.control], estimates[ref], running[ref])
+             for ref in others}
     return estimates, lifts
 
 
@@ -254,8 +263,10 @@ def compute_results(db: Database, exp: Experiment) -> dict:
             "per_user": "ratio of per-user sums; delta-method variance over users (the randomisation "
                         "unit); a request without a user id is a user of its own",
             "sequential": f"mixture SPRT on the per-user difference, alpha {ALPHA}, tau "
-                          f"{TAU_SHARE} and min_effect {MIN_EFFECT_SHARE} of the metric's range; "
-                          "valid however often it is read",
+                          f"{TAU_SHARE} and min_effect {MIN_EFFECT_SHARE} of the metric's range, "
+                          f"replayed over every rating once each arm has {MIN_USERS} users: "
+                          "p-value the running minimum, confidence sequence the running "
+                          "intersection; valid however often it is read",
         },
         "variants": [base[ref] for ref in refs],
         "decisions": decisions,

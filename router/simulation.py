@@ -46,7 +46,7 @@ def bootstrap_ratio_variance(per_unit: Sequence[tuple[float, float]], *, resampl
 def simulate_experiments(
     *, experiments: int = 1000, users: int = 1000, peek_every: int = 50, rate: float = 0.6,
     effect: float = 0.0, concentration: float = 4.0, mean_ratings: float = 3.0, tau: float = 0.1,
-    alpha: float = 0.05, seed: int = 0,
+    alpha: float = 0.05, seed: int = 0, min_users: int = 0,
 ) -> dict:
     """Share of experiments each test has rejected by each peek (cumulative), and at the end."""
     import numpy as np
@@ -72,15 +72,16 @@ def simulate_experiments(
             s_yn = (syn - k * ybar * nbar) / (k - 1)
             var = (s_yy - 2 * r * s_yn + r * r * s_nn) / (k * nbar ** 2)
             naive = r * (1 - r) / sn
-        return r, var, naive
+        return r, var, naive, k
 
-    r0, v0, n0 = arm_stats(0)
-    r1, v1, n1 = arm_stats(1)
+    r0, v0, n0, k0 = arm_stats(0)
+    r1, v1, n1, k1 = arm_stats(1)
     d, v = r1 - r0, v0 + v1
     tau2 = tau * tau
     with np.errstate(divide="ignore", invalid="ignore"):
         log_l = 0.5 * np.log(v / (v + tau2)) + tau2 * d * d / (2 * v * (v + tau2))
-        sequential = np.nan_to_num(log_l, nan=-np.inf) >= math.log(1 / alpha)
+        sequential = (np.nan_to_num(log_l, nan=-np.inf) >= math.log(1 / alpha)) & (
+            np.minimum(k0, k1) >= min_users)
         z_crit = _z_two_sided(alpha)
         fixed = np.nan_to_num(np.abs(d) / np.sqrt(v)) > z_crit
         requests = np.nan_to_num(np.abs(d) / np.sqrt(n0 + n1)) > z_crit
@@ -91,7 +92,7 @@ def simulate_experiments(
     seq_curve, fixed_curve, req_curve = curve(sequential), curve(fixed), curve(requests)
     return {
         "experiments": experiments, "users": users, "peek_every": peek_every, "peeks": peeks.tolist(),
-        "rate": rate, "effect": effect, "alpha": alpha, "tau": tau,
+        "rate": rate, "effect": effect, "alpha": alpha, "tau": tau, "min_users": min_users,
         "sequential_rejected_by_peek": seq_curve.tolist(),
         "fixed_rejected_by_peek": fixed_curve.tolist(),
         "request_level_rejected_by_peek": req_curve.tolist(),

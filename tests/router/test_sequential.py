@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from router.sequential import sequential_test
+from router.sequential_path import MIN_USERS, replay
 from router.simulation import bootstrap_ratio_variance, simulate_experiments, simulate_users
 from router.unit_stats import ratio_by_units, ratio_difference
 
@@ -83,3 +84,80 @@ def test_decisions(estimate: float, variance: float, decision: str) -> None:
     assert res.decision == decision
     assert res.mde == pytest.approx((1.959964 + 0.841621) * math.sqrt(variance), rel=1e-5)
     assert sequential_test(estimate, 0.0, tau=0.1, min_effect=0.02) is None
+
+
+def test_reading_after_every_user_needs_the_minimum_users_per_arm() -> None:
+    """The plug-in variance of a few users is noisy: with no minimum, an A/A experiment read
+    after every user finds a winner far more often than alpha."""
+    args = dict(experiments=1000, users=300, peek_every=1, effect=0.0, seed=4)
+    bare = simulate_experiments(**args, min_users=2)
+    guarded = simulate_experiments(**args, min_users=MIN_USERS)
+    print(f"\nA/A read after every user: {bare['sequential_any_peek']:.3f} with no minimum, "
+          f"{guarded['sequential_any_peek']:.3f} from {MIN_USERS} users per arm")
+    assert bare["sequential_any_peek"] > 2 * bare["alpha"]
+    assert guarded["sequential_any_peek"] <= guarded["alpha"]
+
+
+def _ratings(rng, users: int, rates: dict[str, float]) -> list[tuple[str, str, int, float]]:
+    out, rid = [], 0
+    for u in range(users):
+        arm = list(rates)[u % len(rates)]
+        for _ in range(int(rng.integers(1, 4))):
+            rid += 1
+            out.append((arm, f"u{u}", rid, float(rng.random() < rates[arm])))
+    return out
+
+
+def test_replay_ends_on_the_same_estimates_as_the_totals() -> None:
+    rng = np.random.default_rng(5)
+    ratings = _ratings(rng, 120, {"c": 0.5, "v": 0.7})
+    arm, who, rid, value = ratings[1]
+    ratings.append((arm, who, rid, 1.0 - value))  # a changed thumb: the latest counts
+    latest = {rid: (arm, who, value) for arm, who, rid, value in ratings}
+    per_user: dict = {}
+    for arm, who, value in latest.values():
+        y, n = per_user.get((arm, who), (0.0, 0.0))
+        per_user[(arm, who)] = (y + value, n + 1)
+    estimates, _ = replay(ratings, "c", ["v"], tau=0.1, alpha=0.05)
+    for arm in ("c", "v"):
+        want = ratio_by_units([yn for (a, _), yn in per_user.items() if a == arm])
+        assert estimates[arm].users == want.users
+        assert estimates[arm].ratio == pytest.approx(want.ratio)
+        assert estimates[arm].variance == pytest.approx(want.variance)
+
+
+def test_a_decision_once_made_stays_made() -> None:
+    """Decided at some look, then ratings that push the latest look's p above alpha: the
+    always-valid p-value is the minimum over looks, so the decision holds."""
+    ratings, rid = [], 0
+    for u in range(2 * MIN_USERS + 4):
+        arm = "v" if u % 2 else "c"
+        rid += 1
+        ratings.append((arm, f"u{u}", rid, 1.0 if arm == "v" or u % 7 == 3 else 0.0))
+    _, tests = replay(ratings, "c", ["v"], tau=0.1, alpha=0.05)
+    assert tests["v"].decision(alpha=0.05, min_effect=0.02) == "variant-wins"
+    decided_p = tests["v"].p_value
+    # Late contrary ratings: enough to move the current look's p-value above alpha.
+    for u in range(200, 212):
+        rid += 1
+        ratings.append(("c" if u % 2 else "v", f"u{u}", rid, 1.0 if u % 2 else 0.0))
+    estimates, tests = replay(ratings, "c", ["v"], tau=0.1, alpha=0.05)
+    now = sequential_test(estimates["v"].ratio - estimates["c"].ratio,
+                          estimates["v"].variance + estimates["c"].variance,
+                          tau=0.1, min_effect=0.02)
+    assert now.decision == "keep-running"  # the latest look alone has lost it
+    assert tests["v"].p_value == decided_p
+    assert tests["v"].decision(alpha=0.05, min_effect=0.02) == "variant-wins"
+    assert tests["v"].cs[0] > 0
+
+
+def test_no_look_counts_before_the_minimum_users() -> None:
+    ratings = [("v" if u % 2 else "c", f"u{u}", u, float(u % 3 == 0))
+               for u in range(2 * MIN_USERS - 2)]
+    _, tests = replay(ratings, "c", ["v"], tau=0.1, alpha=0.05)
+    assert tests["v"].looks == 0
+    assert tests["v"].decision(alpha=0.05, min_effect=0.02) == "keep-running"
+    ratings.append(("c", "late", 999, 0.0))
+    ratings.append(("v", "late2", 1000, 1.0))
+    _, tests = replay(ratings, "c", ["v"], tau=0.1, alpha=0.05)
+    assert tests["v"].looks >= 1

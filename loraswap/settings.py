@@ -176,6 +176,36 @@ class Settings(BaseSettings):
                               "(experiments can turn it on for themselves); export needs it.")
     log_all_requests: bool = setting(False, help="Log every request, not only those an "
                                      "experiment routed (feedback needs the request logged).")
+    replicas: int | None = setting(
+        None, ge=1, shown="none: one process, one engine",
+        help="Serve on Ray Serve with this many engine replicas (docs/scaling.md): an "
+        "ingress deployment with the API, and engine replicas that adapters are routed to "
+        "by affinity. Unset: the single-process server.")
+    min_replicas: int | None = setting(
+        None, ge=0, shown="none: a fixed `replicas`",
+        help="With `replicas`: let Ray Serve's autoscaler run between this and max_replicas "
+        "engine replicas (`replicas` is where it starts).")
+    max_replicas: int | None = setting(
+        None, ge=1, shown="none: a fixed `replicas`", help="With `replicas`: the autoscaler's "
+        "most engine replicas.")
+    target_ongoing_requests: float = setting(
+        16.0, gt=0, help="With autoscaling: the requests per engine replica the autoscaler "
+        "aims for.")
+    affinity_routing: bool = setting(
+        True, help="With `replicas`: send a request for an adapter to a replica that holds "
+        "it (Ray Serve's model multiplexing). Off: Serve's plain routing, any replica (the "
+        "benchmark's baseline).")
+    replica_cpus: float = setting(
+        1.0, gt=0, help="With `replicas`: Ray CPUs each engine replica reserves (on CPU "
+        "machines also the cores its engine's threads are bound to, rounded up).")
+    replica_gpus: float | None = setting(
+        None, ge=0, shown="1 on a CUDA machine, else 0",
+        help="With `replicas`: GPUs each engine replica reserves.")
+    ray_address: str | None = setting(
+        None, shown="none: start a local Ray instance",
+        help="With `replicas`: the Ray cluster to run on (`auto`, or `ray://host:10001`). "
+        "This node must be the one holding `home`: the control plane (the database and the "
+        "ingress) is pinned to it.")
 
     @field_validator("engine_args")
     @classmethod

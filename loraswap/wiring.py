@@ -97,10 +97,13 @@ def open_keys(settings: Settings) -> KeyStore:
 
 
 def build_app(settings: Settings, *, config: ServerConfig | None = None,
-              keys: KeyStore | None = None) -> FastAPI:
-    """The server's FastAPI app; the app's lifespan starts the engine and closes the parts."""
+              keys: KeyStore | None = None, engine: Any = None,
+              residency_class: Any = None) -> FastAPI:
+    """The server's FastAPI app; the app's lifespan starts the engine and closes the parts.
+    `engine` and `residency_class`: scaled out, the engine replicas (loraswap/scale_out.py)."""
     from server.app import create_app
     from server.engine import Engine
+    from server.residency import Residency
 
     registry = open_registry(settings)
     try:
@@ -108,9 +111,11 @@ def build_app(settings: Settings, *, config: ServerConfig | None = None,
     except BaseException:
         registry.close()
         raise
-    return create_app(config or server_config(settings), engine=Engine(engine_config(settings)),
+    return create_app(config or server_config(settings),
+                      engine=engine if engine is not None else Engine(engine_config(settings)),
                       registry=registry, router=router,
-                      keys=keys if keys is not None else open_keys(settings))
+                      keys=keys if keys is not None else open_keys(settings),
+                      residency_class=residency_class or Residency)
 
 
 def serve(settings: Settings) -> int:

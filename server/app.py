@@ -118,9 +118,12 @@ def _load_tokenizer(config: ServerConfig):
 
 
 def create_app(config: ServerConfig, *, engine, registry: Registry, router: Router,
-               keys: KeyStore, tokenizer=None, metrics: Metrics | None = None) -> FastAPI:
+               keys: KeyStore, tokenizer=None, metrics: Metrics | None = None,
+               residency_class=Residency) -> FastAPI:
     """The app over ready-made parts; `engine` is a `server.engine.Engine` or a stand-in with
-    the same methods. The app owns the parts from here: its shutdown closes them."""
+    the same methods (`server.engine_remote.RemoteEngine` for engine replicas, with
+    `residency_class` its ClusterResidency). The app owns the parts from here: its shutdown
+    closes them."""
     metrics = metrics or Metrics()
     catalog = ModelCatalog(config.model_id, registry)
 
@@ -130,8 +133,8 @@ def create_app(config: ServerConfig, *, engine, registry: Registry, router: Rout
         state.ready = False
         await engine.start()
         capacity = engine.config.max_cpu_loras - (1 if engine.guard_active else 0)
-        residency = Residency(engine, registry.check, capacity, metrics,
-                              config.adapter_wait_timeout)
+        residency = residency_class(engine, registry.check, capacity, metrics,
+                                    config.adapter_wait_timeout)
         reconciler = Reconciler(registry, catalog, router, keys, residency)
         await asyncio.to_thread(reconciler.refresh_tables)
         models = ServingModels(catalog, router)
@@ -198,6 +201,9 @@ def create_app(config: ServerConfig, *, engine, registry: Registry, router: Rout
 
     @app.get("/metrics")
     async def prometheus() -> Response:
+        replicas = getattr(engine, "replicas", None)
+        if replicas is not None:
+            metrics.show_replicas(replicas)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app

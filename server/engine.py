@@ -93,10 +93,35 @@ def _plugin_reaches_workers() -> str | None:
     return None
 
 
+DIE_WITH_PARENT_ENV = "LORASWAP_ENGINE_DIES_WITH_PARENT"
+
+
+def die_with_parent() -> None:
+    """Have the kernel kill this process when its parent dies (Linux).
+
+    An engine replica killed outright (SIGKILL, out of memory) cannot stop its engine core,
+    which would live on as an orphan holding the model and its KV cache; Ray then starts a
+    replacement beside it. The replica sets DIE_WITH_PARENT_ENV and vLLM's processes, which
+    all run our plugin, ask for SIGKILL on their parent's death."""
+    import ctypes
+    import signal as _signal
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return
+    parent = os.getppid()
+    libc.prctl(1, int(_signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before we asked
+        os._exit(1)
+
+
 def vllm_general_plugin() -> None:
     """vLLM calls this in every process it starts; acts only for engines loraswap started."""
     if os.environ.get(CPU_LORA_OPS_ENV) == "1" and install_cpu_lora_ops():
         log.debug("loraswap CPU LoRA kernels installed in pid %d", os.getpid())
+    if os.environ.get(DIE_WITH_PARENT_ENV) == "1" and os.getppid() != 1:
+        die_with_parent()
 
 
 class EngineInputError(ValueError):

@@ -37,5 +37,21 @@ class Metrics:
         self.adapter_unloads = Counter("loraswap_adapter_unloads",
                                        "Adapter removals from the engine", ["reason"], registry=r)
 
+    def show_replicas(self, replicas: list[dict]) -> None:
+        """Scaled out: which adapter versions each engine replica holds, as of now."""
+        if not hasattr(self, "replica_adapters"):
+            self.replica_adapters = Gauge(
+                "loraswap_replica_adapter_loaded", "1 for each adapter version an engine "
+                "replica holds", ["replica", "adapter"], registry=self.registry)
+            self.replica_running = Gauge(
+                "loraswap_replica_running_requests", "Requests each engine replica runs",
+                ["replica"], registry=self.registry)
+        self.replica_adapters.clear()
+        self.replica_running.clear()
+        for r in replicas:
+            self.replica_running.labels(r["replica"]).set(r.get("running_requests", 0))
+            for ref in r.get("loaded", []):
+                self.replica_adapters.labels(r["replica"], ref).set(1)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

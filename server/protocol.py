@@ -231,11 +231,22 @@ class PinRequest(AdminModel):
     pinned: bool = True
 
 
+class ScaleRequest(AdminModel):
+    replicas: int = Field(ge=1, le=1024, description="engine replicas to run")
+
+
+class ScaleView(BaseModel):
+    replicas: int = Field(description="the target the cluster is moving to")
+    current: int = Field(description="engine replicas reporting now")
+
+
 class ResidencyView(BaseModel):
     state: Literal["loading", "loaded", "retiring", "failed", "unloaded"]
     loaded: bool
     pinned: bool
     in_flight: int
+    replicas: list[str] | None = Field(
+        default=None, description="scaled out: the engine replicas that hold the version")
 
 
 class AdapterView(BaseModel):
@@ -274,6 +285,22 @@ class AdapterList(BaseModel):
     data: list[AdapterView]
 
 
+class ReplicaView(BaseModel):
+    """One engine replica of a scaled-out server, as it last reported."""
+
+    replica: str
+    pid: int
+    node: str
+    running: bool
+    adapter_capacity: int
+    loaded: list[str]
+    engine_ids: list[int]
+    running_requests: int
+    adapter_loads: int = Field(description="versions loaded since the replica started")
+    start_seconds: float | None
+    seen_s_ago: float
+
+
 class EngineView(BaseModel):
     base_model: str
     cpu: bool
@@ -283,6 +310,8 @@ class EngineView(BaseModel):
     loaded: list[str]  # least recently used first
     engine_ids: list[int]
     running_requests: int  # requests the engine holds now
+    replicas: list[ReplicaView] | None = Field(
+        default=None, description="scaled out: each engine replica and what it holds")
 
 
 __all__ += ["AdapterList"]

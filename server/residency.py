@@ -229,6 +229,10 @@ class Residency:
 
     # -- views ----------------------------------------------------------------------------------
 
+    def engine_adapter(self, v: AdapterVersion | None) -> tuple[str, int, object] | None:
+        """How `Engine.generate` names a version: (engine name, int id, files)."""
+        return None if v is None else (v.ref, v.id, v.path)
+
     def view(self, version_id: int) -> dict:
         entry = self._entries.get(version_id)
         if entry is None:

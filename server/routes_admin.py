@@ -24,7 +24,10 @@ from server.protocol import (
     EngineView,
     PinRequest,
     RegisterFromPath,
+    ReplicaView,
     ResidencyView,
+    ScaleRequest,
+    ScaleView,
 )
 
 __all__ = ["router"]
@@ -168,4 +171,19 @@ async def engine_state(request: Request) -> EngineView:
                       adapter_capacity=state.residency.capacity,
                       loaded=[v.ref for v in state.residency.resident()],
                       engine_ids=sorted(await engine.loaded_ids()),
-                      running_requests=engine.unfinished())
+                      running_requests=engine.unfinished(),
+                      replicas=None if getattr(engine, "replicas", None) is None else [
+                          ReplicaView.model_validate(r, from_attributes=False)
+                          for r in await engine.refresh()])
+
+
+@router.post("/engine/replicas", response_model=ScaleView, status_code=202)
+async def scale(body: ScaleRequest, request: Request) -> ScaleView:
+    """Scaled out with a fixed replica count: set it (`loraswap scale N`). New replicas
+    join as they become ready; removed ones stop taking requests and finish theirs."""
+    engine = request.app.state.engine
+    if not hasattr(engine, "scale"):
+        raise Conflict("this server runs one engine in one process; start it with "
+                       "`loraswap serve --replicas N` to scale", code="not_supported")
+    await engine.scale(body.replicas)
+    return ScaleView(replicas=body.replicas, current=len(await engine.refresh()))

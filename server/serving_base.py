@@ -222,8 +222,8 @@ class ServingBase:
         book.prompt_tokens += len(prompt_ids)
         try:
             async with self.residency.hold(target.version):
-                async for out in self.engine.generate(rid, prompt_ids, params,
-                                                      target.engine_adapter):
+                async for out in self.engine.generate(
+                        rid, prompt_ids, params, self.residency.engine_adapter(target.version)):
                     n_new = sum(len(c.token_ids) for c in out.choices)
                     if first and n_new:
                         self.metrics.ttft.observe(time.monotonic() - started)

@@ -51,11 +51,6 @@ class Target:
                 headers[HEADER_RULE] = route.rule
         return headers
 
-    @property
-    def engine_adapter(self) -> tuple[str, int, object] | None:
-        v = self.version
-        return None if v is None else (v.ref, v.id, v.path)
-
 
 class ServingModels:
     def __init__(self, catalog: ModelCatalog, router: Router) -> None:

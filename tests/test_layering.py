@@ -58,3 +58,16 @@ def test_only_the_engine_imports_vllm() -> None:
              for line, name in _imports(path)
              if name == "vllm" and path.relative_to(ROOT).as_posix() not in VLLM_MODULES]
     assert not wrong, "only the engine modules may import vllm:\n" + "\n".join(wrong)
+
+
+RAY_MODULES = {"server/engine_remote.py", "server/engine_replica.py", "loraswap/scale_out.py"}
+
+
+def test_only_the_scale_out_modules_import_ray() -> None:
+    """Ray is the scaled-out mode's alone: the single-process server never imports it."""
+    wrong = [f"{path.relative_to(ROOT)}:{line}"
+             for package in sorted(ALLOWED | {"loraswap": set()})
+             for path in _sources(package)
+             for line, name in _imports(path)
+             if name == "ray" and path.relative_to(ROOT).as_posix() not in RAY_MODULES]
+    assert not wrong, "only the scale-out modules may import ray:\n" + "\n".join(wrong)

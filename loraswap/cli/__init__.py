@@ -56,10 +56,11 @@ def _register_commands() -> None:
     for module in (base, adapters, experiments, aliases, feedback):
         cli.add_command(module.command)
     cli.add_command(base.taskworld_command)
-    from loraswap.cli import keys, serve  # server/
+    from loraswap.cli import keys, serve, status  # server/
 
-    for module in (keys, serve):
+    for module in (keys, serve, status):
         cli.add_command(module.command)
+    cli.add_command(status.scale_command)
     from loraswap.cli import demo, train  # training/
 
     cli.add_command(train.command)

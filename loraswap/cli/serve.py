@@ -90,6 +90,10 @@ def command(settings: Settings, demo: bool, engine_arg: tuple[str, ...],
     if demo:
         for ref in register_demo_adapters(settings):
             click.echo(f"registered demo adapter {ref}", err=True)
+    if settings.replicas is not None or settings.max_replicas is not None:
+        from loraswap.scale_out import serve_on_ray
+
+        raise SystemExit(serve_on_ray(settings))
     from loraswap.wiring import serve
 
     raise SystemExit(serve(settings))

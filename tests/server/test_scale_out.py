@@ -1,0 +1,301 @@
+"""`loraswap serve --replicas 2`: the server on Ray Serve with two engine replicas.
+
+One scaled-out server for the module (Ray and two engines start in about a minute on two
+cores), driven like the single-process one: the official `openai` client over loopback,
+the admin API, and the SQLite database the control plane writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from openai import AsyncOpenAI
+
+from loraswap.launcher import start_serve
+from training.hf_generate import HFChatModel
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["copy: the cat sat", "upper: hello there", "reverse: one two three"]
+MAX_TOKENS = 16
+EOS = 2
+
+
+@pytest.fixture(scope="module")
+def cluster(embedded_base: Path, tmp_path_factory: pytest.TempPathFactory):
+    env = {"LORASWAP_MAX_LORA_RANK": "8", "LORASWAP_MAX_LORAS": "2",
+           "LORASWAP_MAX_CPU_LORAS": "8", "LORASWAP_KV_CACHE_GIB": "1",
+           "LORASWAP_LOG_ALL_REQUESTS": "1", "LORASWAP_MAX_MODEL_LEN": "256",
+           # Ray reserves CPUs per replica: half a core each lets 2 cores hold the third
+           # replica the scaling test asks for (each engine still binds one thread).
+           "LORASWAP_REPLICA_CPUS": "0.5"}
+    s = start_serve(tmp_path_factory.mktemp("cluster"), embedded_base, "--base-model-name",
+                    "loraswap-base", "--replicas", "2", env=env, timeout=420, own_group=True)
+    yield s
+    s.stop(timeout=90)
+
+
+@pytest.fixture(scope="module")
+def names(cluster, adapter_dirs) -> list[str]:
+    out = []
+    for i, path in enumerate(adapter_dirs):
+        r = httpx.post(cluster.url + "/admin/adapters", json={"name": f"s{i}", "path": str(path)},
+                       timeout=60)
+        assert r.status_code == 201, r.text
+        out.append(f"s{i}")
+    return out
+
+
+def replicas(cluster) -> list[dict]:
+    r = httpx.get(cluster.url + "/admin/engine", timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["replicas"]
+
+
+async def _chat(client: AsyncOpenAI, model: str, prompt: str, max_tokens: int = MAX_TOKENS,
+                **kw):
+    return await client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": prompt}], temperature=0,
+        max_tokens=max_tokens, extra_body={"return_token_ids": True}, **kw)
+
+
+def _ids(raw) -> list[int]:
+    ids = list(raw.parse().choices[0].token_ids)
+    return ids[:-1] if ids and ids[-1] == EOS else ids
+
+
+def test_two_replicas_serve_the_base_and_five_adapters_as_transformers_does(
+        cluster, names, adapter_dirs, embedded_base):
+    refs = {"loraswap-base": HFChatModel.load(embedded_base).generate_ids(PROMPTS, MAX_TOKENS)}
+    for name, path in zip(names, adapter_dirs, strict=True):
+        refs[name] = HFChatModel.load(embedded_base, path).generate_ids(PROMPTS, MAX_TOKENS)
+    assert len({tuple(map(tuple, v)) for v in refs.values()}) == len(refs)
+    jobs = [(m, i) for _ in range(2) for m in refs for i in range(len(PROMPTS))]
+
+    async def run():
+        client = AsyncOpenAI(base_url=cluster.v1, api_key="unused", max_retries=0, timeout=300)
+        return await asyncio.gather(*(_chat(client, m, PROMPTS[i]) for m, i in jobs))
+
+    results = asyncio.run(run())
+    wrong = [(m, i) for (m, i), raw in zip(jobs, results, strict=True) if _ids(raw) != refs[m][i]]
+    assert not wrong, f"{len(wrong)} of {len(jobs)} differ: {wrong[:6]}"
+    # One request id per response, the server's own (Ray's proxy adds one of its own).
+    assert all([h[:4] for h in raw.headers.get_list("x-request-id")] == ["req_"]
+               for raw in results)
+    view = replicas(cluster)
+    assert len(view) == 2 and len({r["pid"] for r in view}) == 2
+    assert all(r["running"] for r in view)
+    assert {ref for r in view for ref in r["loaded"]} == {f"{n}@1" for n in names}
+
+
+def test_requests_go_to_a_replica_that_holds_their_adapter(cluster, names):
+    """After the first loads, requests for the same five adapters load nothing anywhere."""
+
+    async def warm_then_count():
+        client = AsyncOpenAI(base_url=cluster.v1, api_key="unused", max_retries=0, timeout=300)
+        for name in names:
+            await _chat(client, name, PROMPTS[0])
+        await asyncio.sleep(1.0)  # replicas report what they hold every 0.1 s
+        before = sum(r["adapter_loads"] for r in replicas(cluster))
+        for _ in range(4):
+            await asyncio.gather(*(_chat(client, n, p) for n in names for p in PROMPTS[:2]))
+        await asyncio.sleep(1.0)
+        return before, sum(r["adapter_loads"] for r in replicas(cluster))
+
+    before, after = asyncio.run(warm_then_count())
+    assert after == before, f"{after - before} loads for adapters some replica already held"
+    metrics = httpx.get(cluster.url + "/metrics", timeout=30).text
+    assert 'loraswap_replica_adapter_loaded{adapter="s0@1"' in metrics
+
+
+def test_a_version_registered_under_traffic_is_served_within_a_second(cluster, adapter_dirs,
+                                                                      names):
+    async def run():
+        client = AsyncOpenAI(base_url=cluster.v1, api_key="unused", max_retries=0, timeout=300)
+        stop = asyncio.Event()
+
+        async def traffic():
+            while not stop.is_set():
+                await asyncio.gather(*(_chat(client, n, PROMPTS[0]) for n in names[:3]))
+
+        background = asyncio.create_task(traffic())
+        await asyncio.sleep(1.0)
+        async with httpx.AsyncClient(base_url=cluster.url, timeout=60) as admin:
+            r = await admin.post("/admin/adapters", json={"name": "fresh",
+                                                          "path": str(adapter_dirs[4])})
+            assert r.status_code == 201, r.text
+            registered = time.monotonic()
+            raw = await _chat(client, "fresh", PROMPTS[0])
+            served = time.monotonic() - registered
+        stop.set()
+        await background
+        return raw, served
+
+    raw, served = asyncio.run(run())
+    assert raw.headers["X-Loraswap-Model"] == "fresh@1"
+    print(f"\nregistered under traffic, answered {served * 1000:.0f} ms later")
+    assert served < 1.0
+
+
+def test_a_user_keeps_their_variant_whichever_replica_serves_them(cluster, names):
+    admin = httpx.Client(base_url=cluster.url, timeout=60)
+    r = admin.post("/admin/experiments", json={
+        "alias": "sticky", "variants": [{"ref": "base", "weight": 1}, {"ref": f"{names[0]}@1",
+                                                                        "weight": 1}]})
+    assert r.status_code == 201, r.text
+    assert admin.post("/admin/experiments/sticky/start").status_code == 200
+
+    async def run():
+        client = AsyncOpenAI(base_url=cluster.v1, api_key="unused", max_retries=0, timeout=300)
+        jobs = [f"user{u}" for u in range(12) for _ in range(4)]
+        raws = await asyncio.gather(*(_chat(client, "sticky", PROMPTS[0], user=u) for u in jobs))
+        return jobs, raws
+
+    jobs, raws = asyncio.run(run())
+    seen: dict[str, set[str]] = {}
+    for user, raw in zip(jobs, raws, strict=True):
+        seen.setdefault(user, set()).add(raw.headers["X-Loraswap-Variant"])
+    assert all(len(v) == 1 for v in seen.values()), seen
+    assert len({next(iter(v)) for v in seen.values()}) == 2  # both variants have users
+
+
+def _wait_for_replicas(cluster, n: int, timeout: float = 150) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        view = replicas(cluster)
+        if len(view) == n and all(r["running"] for r in view):
+            return view
+        time.sleep(1.0)
+    raise AssertionError(f"not {n} replicas after {timeout} s: {view}")
+
+
+def test_scaling_up_and_down_under_traffic_loses_no_request(cluster, names):
+    """`loraswap scale 3`, then `loraswap scale 2`, while clients keep asking."""
+    from click.testing import CliRunner
+
+    from loraswap.cli import cli
+
+    before = {r["pid"] for r in replicas(cluster)}
+
+    async def run():
+        client = AsyncOpenAI(base_url=cluster.v1, api_key="unused", max_retries=0, timeout=120)
+        stop = asyncio.Event()
+        statuses: list[int] = []
+
+        async def user(i: int):
+            while not stop.is_set():
+                try:
+                    await _chat(client, names[i % 5] if i % 2 else "loraswap-base", PROMPTS[0])
+                    statuses.append(200)
+                except Exception as exc:
+                    statuses.append(getattr(exc, "status_code", -1))
+
+        async def operator():
+            for n in (3, 2):
+                out = await asyncio.to_thread(CliRunner().invoke, cli,
+                                              ["scale", str(n), "--url", cluster.url])
+                assert out.exit_code == 0, out.output
+                assert f"scaling to {n} engine replicas" in out.output
+                view = await asyncio.to_thread(_wait_for_replicas, cluster, n)
+                await asyncio.sleep(2.0)  # traffic on the new set
+            stop.set()
+            return view
+
+        users = [asyncio.create_task(user(i)) for i in range(6)]
+        view = await operator()
+        await asyncio.gather(*users)
+        return statuses, view
+
+    statuses, view = asyncio.run(run())
+    print(f"\nscaled 2 -> 3 -> 2 under traffic: {len(statuses)} requests, "
+          f"{statuses.count(200)} answered")
+    assert statuses and set(statuses) == {200}
+    # Scaling up kept the running replicas: at least one of the first two is still there.
+    assert before & {r["pid"] for r in view}
+    status = CliRunner().invoke(cli, ["status", "--url", cluster.url])
+    assert status.exit_code == 0 and "2 engine replicas (Ray Serve)" in status.output
+    assert all(str(r["pid"]) in status.output for r in view)
+
+
+def test_killing_a_replica_loses_no_acknowledged_request_or_feedback(cluster, names):
+    """SIGKILL one engine replica's process while requests and feedback posts are in flight."""
+    home = cluster.home
+    victim = replicas(cluster)[0]
+    n_requests, n_feedback = 500, 1000
+
+    async def run():
+        client = AsyncOpenAI(base_url=cluster.v1, api_key="unused", max_retries=0, timeout=60)
+        seed = await asyncio.gather(*(_chat(client, names[i % 5], PROMPTS[0]) for i in range(20)))
+        seed_ids = [raw.headers["X-Request-Id"] for raw in seed]
+        await asyncio.sleep(1.5)  # logged before feedback names them
+
+        async def request(i: int):
+            started = time.monotonic()
+            model = "loraswap-base" if i % 3 == 0 else names[i % 5]
+            try:
+                # Short answers: the point is the fault, and 500 requests at once on two
+                # cores queue long enough as it is while the replacement engine starts.
+                raw = await _chat(client, model, PROMPTS[i % 3], stream=False, max_tokens=4)
+                return 200, raw.headers["X-Request-Id"], time.monotonic() - started
+            except Exception as exc:  # openai.APIStatusError carries the status
+                return getattr(exc, "status_code", -1), None, time.monotonic() - started
+
+        async def feedback(http: httpx.AsyncClient, i: int):
+            cid = f"fb-{uuid.uuid4().hex}"
+            r = await http.post("/v1/feedback", json={
+                "request_id": seed_ids[i % len(seed_ids)], "thumb": "up" if i % 2 else "down",
+                "client_id": cid})
+            return r.status_code, cid
+
+        async def kill_soon():
+            await asyncio.sleep(1.0)
+            os.kill(victim["pid"], signal.SIGKILL)
+
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(base_url=cluster.url, timeout=60, limits=limits) as http:
+            out = await asyncio.gather(kill_soon(),
+                                       asyncio.gather(*(request(i) for i in range(n_requests))),
+                                       asyncio.gather(*(feedback(http, i) for i in range(n_feedback))))
+        return out[1], out[2]
+
+    results, posts = asyncio.run(run())
+    statuses = [s for s, _, _ in results]
+    took = sorted(t for _, _, t in results)
+    print(f"\nreplica killed: {statuses.count(200)} of {n_requests} requests answered, "
+          f"{statuses.count(503)} got 503 (latency p50 {took[len(took) // 2]:.1f} s, max "
+          f"{took[-1]:.1f} s); {sum(s == 201 for s, _ in posts)} feedback posts acknowledged")
+    assert set(statuses) <= {200, 503}, sorted(set(statuses))
+    assert took[-1] < 30
+    assert {s for s, _ in posts} == {201}
+    # The replica comes back and serves.
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        view = replicas(cluster)
+        if len(view) == 2 and victim["pid"] not in {r["pid"] for r in view}:
+            break
+        time.sleep(2)
+    assert len(view) == 2 and victim["pid"] not in {r["pid"] for r in view}, view
+    fresh = cluster.client().chat.completions.create(
+        model=names[1], messages=[{"role": "user", "content": PROMPTS[0]}], max_tokens=4)
+    assert fresh.choices[0].message.content is not None
+    # Everything acknowledged is in the database, once.
+    time.sleep(2.0)
+    db = sqlite3.connect(home / "loraswap.db")
+    acked = [rid for s, rid, _ in results if s == 200]
+    marks = ",".join("?" * len(acked))
+    logged = db.execute(f"SELECT COUNT(*), COUNT(DISTINCT id) FROM requests WHERE id IN ({marks})",
+                        acked).fetchone()
+    assert logged == (len(acked), len(acked))
+    cids = [cid for _, cid in posts]
+    marks = ",".join("?" * len(cids))
+    stored = db.execute(f"SELECT COUNT(*), COUNT(DISTINCT client_id) FROM feedback "
+                        f"WHERE client_id IN ({marks})", cids).fetchone()
+    assert stored == (len(cids), len(cids))

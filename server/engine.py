@@ -46,6 +46,11 @@ __all__ = [
 log = logging.getLogger("loraswap.engine")
 
 CPU_LORA_OPS_ENV = "LORASWAP_VLLM_CPU_LORA_OPS"
+# Seconds vLLM's worker keeps busy-polling its input queue after each message before it
+# sleeps on a socket; vLLM's own is 1 s (docs/engine-notes.md#idle-worker-spin). Engine
+# replicas set it: two engines spinning on a 2-core machine starve the processes that
+# carry the requests (Ray's proxy, the ingress) for up to that second.
+WORKER_SPIN_ENV = "LORASWAP_ENGINE_WORKER_SPIN_S"
 
 # Registry ids are SQLite row ids counting up from 1; this one they will never reach.
 ZERO_ADAPTER_ID = 2**31 - 1
@@ -122,6 +127,29 @@ def vllm_general_plugin() -> None:
         log.debug("loraswap CPU LoRA kernels installed in pid %d", os.getpid())
     if os.environ.get(DIE_WITH_PARENT_ENV) == "1" and os.getppid() != 1:
         die_with_parent()
+    if os.environ.get(WORKER_SPIN_ENV):
+        shorten_worker_spin(float(os.environ[WORKER_SPIN_ENV]))
+
+
+def shorten_worker_spin(seconds: float) -> None:
+    """Make vLLM's shared-memory queue readers busy-poll for `seconds`, not 1 s, after each
+    message (they then wait on a socket the writer pings, which wakes them in well under a
+    millisecond). Under load messages come every step, so the spin never lapses there."""
+    from vllm.distributed.device_communicators import shm_broadcast
+
+    cls = shm_broadcast.SpinCondition
+    if getattr(cls, "_loraswap_spin", None) is not None:
+        cls._loraswap_spin = seconds
+        return
+    original = cls.__init__
+
+    def __init__(self, *args, **kwargs) -> None:
+        original(self, *args, **kwargs)
+        if self.is_reader:
+            self.busy_loop_s = cls._loraswap_spin
+
+    cls._loraswap_spin = seconds
+    cls.__init__ = __init__
 
 
 class EngineInputError(ValueError):

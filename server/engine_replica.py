@@ -29,13 +29,22 @@ from pathlib import Path
 from adapters import AdapterVersion
 from adapters.replica_files import ReplicaFiles
 from server.cluster_state import HEARTBEAT_S
-from server.engine import DIE_WITH_PARENT_ENV, Engine, EngineConfig, EngineOutput, GenParams
+from server.engine import (
+    DIE_WITH_PARENT_ENV,
+    WORKER_SPIN_ENV,
+    Engine,
+    EngineConfig,
+    EngineOutput,
+    GenParams,
+)
 from server.metrics import Metrics
 from server.residency import Residency
 
 __all__ = ["EngineReplica", "bind_threads"]
 
 log = logging.getLogger("loraswap.replica")
+
+WORKER_SPIN_S = 0.01  # vLLM's is 1 s; see server/engine.py, WORKER_SPIN_ENV
 
 
 def bind_threads(local_rank: int, threads: int, cores: int | None = None) -> str:
@@ -83,6 +92,9 @@ class EngineReplica:
         self.node = os.uname().nodename
         # Its engine core must not outlive it (server/engine.py, die_with_parent).
         os.environ[DIE_WITH_PARENT_ENV] = "1"
+        # Several engines share the machine: a second of busy-polling after every message
+        # from each held the cores the proxy and ingress needed (requests stalled ~1 s).
+        os.environ.setdefault(WORKER_SPIN_ENV, str(WORKER_SPIN_S))
         self.engine = Engine(config)
         await self.engine.start()
         self.capacity = max(1, capacity - (1 if self.engine.guard_active else 0))

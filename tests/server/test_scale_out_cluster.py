@@ -3,12 +3,17 @@
 The cluster is started the way docs/scaling.md tells an operator to (`ray start --head` with
 the control-plane resource and the proxy callback in its environment); loraswap joins it,
 serves, and on SIGTERM removes its application and leaves the cluster running.
+
+The cluster uses Ray's token authentication with a token of its own in the environment, so
+the test means the same thing whether or not this machine has a `~/.ray/auth_token` (which a
+local `ray.init()` writes, and which silently turns token auth on for a later `ray start`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -29,20 +34,22 @@ RAY = str(Path(sys.executable).with_name("ray"))
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    env = {**os.environ, PROXY_CALLBACK_ENV: PROXY_CALLBACK, "RAY_worker_niceness": "0"}
+    """The environment every process that talks to the cluster needs."""
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env = {**os.environ, **auth, PROXY_CALLBACK_ENV: PROXY_CALLBACK, "RAY_worker_niceness": "0"}
     subprocess.run([RAY, "start", "--head", "--num-cpus", "2", "--resources",
                     json.dumps({CONTROL_PLANE: 1}), "--include-dashboard=false",
                     "--disable-usage-stats"], env=env, check=True, timeout=180,
                    capture_output=True)
-    yield
-    subprocess.run([RAY, "stop", "--force"], timeout=180, capture_output=True)
+    yield auth
+    subprocess.run([RAY, "stop", "--force"], env=env, timeout=180, capture_output=True)
 
 
 def test_the_server_runs_on_an_existing_cluster_and_leaves_it_running(
         ray_cluster, embedded_base, adapter_dirs, tmp_path):
     s = start_serve(tmp_path / "home", embedded_base, "--base-model-name", "loraswap-base",
                     "--replicas", "1", "--ray-address", "auto", timeout=420, own_group=True,
-                    env={"LORASWAP_MAX_LORA_RANK": "8", "LORASWAP_KV_CACHE_GIB": "1",
+                    env={**ray_cluster, "LORASWAP_MAX_LORA_RANK": "8", "LORASWAP_KV_CACHE_GIB": "1",
                          "LORASWAP_MAX_MODEL_LEN": "256"})
     try:
         r = httpx.post(s.url + "/admin/adapters", json={"name": "c0",
@@ -66,6 +73,7 @@ def test_the_server_runs_on_an_existing_cluster_and_leaves_it_running(
         s.stop(timeout=90)
     assert s.proc.returncode == 0
     # The cluster is still there, without our application.
-    status = subprocess.run([RAY, "status"], capture_output=True, text=True, timeout=60)
+    status = subprocess.run([RAY, "status"], env={**os.environ, **ray_cluster},
+                            capture_output=True, text=True, timeout=60)
     assert status.returncode == 0, status.stderr
     assert CONTROL_PLANE in status.stdout

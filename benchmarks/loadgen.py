@@ -44,6 +44,7 @@ class Outcome:
     tokens: int = 0
     times: list[float] = field(default_factory=list)  # arrival of each content chunk
     error: str | None = None
+    adapter: int | None = None  # the request's adapter index (0 = the most popular)
 
     @property
     def gaps(self) -> list[float]:
@@ -126,17 +127,23 @@ async def run_load(target: Target, requests: Sequence[Request], *, duration: flo
                 while time.perf_counter() < deadline:
                     serial = next(counter)
                     req = requests[serial % len(requests)]
-                    outcomes.append(await send_one(client, target, body_for(target, req, serial)))
+                    out = await send_one(client, target, body_for(target, req, serial))
+                    out.adapter = req.adapter
+                    outcomes.append(out)
 
             await asyncio.gather(*(client_loop() for _ in range(concurrency)))
         elif arrival == "poisson":
+            async def one(serial: int, req: Request) -> Outcome:
+                out = await send_one(client, target, body_for(target, req, serial))
+                out.adapter = req.adapter
+                return out
+
             tasks = []
             for serial, req in enumerate(requests):
                 if req.at >= ramp + duration:
                     break
                 await asyncio.sleep(max(0.0, t0 + req.at - time.perf_counter()))
-                tasks.append(asyncio.create_task(
-                    send_one(client, target, body_for(target, req, serial))))
+                tasks.append(asyncio.create_task(one(serial, req)))
             outcomes = list(await asyncio.gather(*tasks))
         else:
             raise ValueError(f"unknown arrival {arrival!r} (closed or poisson)")
@@ -147,9 +154,36 @@ def _ms(v: float | None) -> float | None:
     return None if v is None else round(v * 1000, 2)
 
 
-def summarize(outcomes: Sequence[Outcome], window: tuple[float, float]) -> dict:
+def adapter_fairness(outcomes: Sequence[Outcome], adapters: int) -> dict:
+    """Whether rare adapters wait longer: the p99 time to first token of the rarest tenth
+    of `adapters` (the highest indices, the tail of a Zipf popularity; at least one adapter)
+    pooled, against the median over adapters of each adapter's own p99. Popularity is by
+    index, not by what the window happened to see, so a starved adapter still counts."""
+    by: dict[int, list[float]] = {}
+    for o in outcomes:
+        if o.adapter is not None and o.ttft is not None:
+            by.setdefault(o.adapter, []).append(o.ttft)
+    if len(by) < 2:
+        return {}
+    first_rare = adapters - max(1, adapters // 10)
+    rare = [t for a, ts in by.items() if a >= first_rare for t in ts]
+    median_p99 = statistics.median(quantile(ts, 0.99) for ts in by.values())
+    rare_p99 = quantile(rare, 0.99)
+    return {
+        "adapters_seen": len(by),
+        "rare_tenth_requests": len(rare),
+        "rare_tenth_ttft_p99_ms": _ms(rare_p99),
+        "median_adapter_ttft_p99_ms": _ms(median_p99),
+        "rare_to_median_p99": (round(rare_p99 / median_p99, 3)
+                               if rare_p99 is not None and median_p99 else None),
+    }
+
+
+def summarize(outcomes: Sequence[Outcome], window: tuple[float, float],
+              adapters: int | None = None) -> dict:
     """Throughput: tokens that arrived and requests that finished inside the window.
-    Latencies: requests that started inside it. Errors: all of them."""
+    Latencies: requests that started inside it. Errors: all of them. With `adapters` (how
+    many the workload draws from), also the per-adapter fairness of `adapter_fairness`."""
     lo, hi = window
     wall = hi - lo
     ok = [o for o in outcomes if o.ok]
@@ -176,4 +210,5 @@ def summarize(outcomes: Sequence[Outcome], window: tuple[float, float]) -> dict:
         **{f"itl_p{q}_ms": _ms(quantile(gaps, q / 100)) for q in (50, 95, 99)},
         **{f"e2e_p{q}_ms": _ms(quantile(e2e, q / 100)) for q in (50, 95, 99)},
         "ttft_mean_ms": _ms(statistics.fmean(ttft)) if ttft else None,
+        **(adapter_fairness(good, adapters) if adapters else {}),
     }

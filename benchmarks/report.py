@@ -12,10 +12,12 @@ LABELS = {
     "naive": "(b) naive transformers+peft",
     "loraswap": "(c) loraswap, adapter named",
     "loraswap-routed": "(d) loraswap, experiment alias + log",
+    "loraswap-ray": "(e) loraswap on Ray Serve, engine replicas",
 }
 _COLUMNS = [("req_per_s", "req/s"), ("tok_per_s", "out tok/s"), ("ttft_p50_ms", "TTFT p50"),
             ("ttft_p95_ms", "TTFT p95"), ("ttft_p99_ms", "TTFT p99"), ("itl_p50_ms", "ITL p50"),
             ("itl_p95_ms", "ITL p95"), ("itl_p99_ms", "ITL p99"), ("e2e_p95_ms", "e2e p95"),
+            ("rare_to_median_p99", "rarest tenth / median adapter, TTFT p99"),
             ("errors", "errors")]
 
 
@@ -46,13 +48,16 @@ def ratios(medians: dict) -> list[dict]:
                 a, b = mine.get(key), other.get(key)
                 row[key] = round(a / b, 3) if a and b else None
             rows.append(row)
-        routed = medians.get("loraswap-routed", {}).get(count)
-        if routed:
-            row = {"adapters": int(count), "vs": "routed (d)/(c)"}
-            for key in ("tok_per_s", "req_per_s", "ttft_p95_ms", "itl_p95_ms", "e2e_p95_ms"):
-                a, b = routed.get(key), mine.get(key)
-                row[key] = round(a / b, 3) if a and b else None
-            rows.append(row)
+        for variant, label in (("loraswap-routed", "routed (d)/(c)"),
+                               ("loraswap-ray", "ray (e)/(c)")):
+            theirs = medians.get(variant, {}).get(count)
+            if theirs:
+                row = {"adapters": int(count), "vs": label}
+                for key in ("tok_per_s", "req_per_s", "ttft_p95_ms", "itl_p95_ms",
+                            "e2e_p95_ms"):
+                    a, b = theirs.get(key), mine.get(key)
+                    row[key] = round(a / b, 3) if a and b else None
+                rows.append(row)
     return rows
 
 
@@ -157,7 +162,7 @@ def _chart_pillow(series: dict, path: Path) -> str:
     w, h, pad = 1100, 440, 60
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
-    colors = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
+    colors = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
     xs_all = sorted({x for xs, _, _ in series.values() for x in xs}) or [1]
     for panel, (idx, title) in enumerate(((1, "output tokens/s"), (2, "TTFT p95 (ms)"))):
         x0, x1 = pad + panel * w // 2, (panel + 1) * w // 2 - 20
@@ -177,10 +182,10 @@ def _chart_pillow(series: dict, path: Path) -> str:
         for k, (label, vals) in enumerate(series.items()):
             pts = [px(x, y) for x, y in zip(vals[0], vals[idx], strict=False)]
             if len(pts) > 1:
-                d.line(pts, fill=colors[k % 4], width=2)
+                d.line(pts, fill=colors[k % len(colors)], width=2)
             for p in pts:
-                d.ellipse([p[0] - 3, p[1] - 3, p[0] + 3, p[1] + 3], fill=colors[k % 4])
+                d.ellipse([p[0] - 3, p[1] - 3, p[0] + 3, p[1] + 3], fill=colors[k % len(colors)])
             if panel == 0:
-                d.text((x0 + 10, y0 + 8 + 14 * k), label, fill=colors[k % 4])
+                d.text((x0 + 10, y0 + 8 + 14 * k), label, fill=colors[k % len(colors)])
     img.save(path)
     return "pillow"

@@ -35,6 +35,7 @@ from benchmarks.systems import (
     Server,
     create_experiments,
     engine_limits,
+    loraswap_ray_server,
     loraswap_server,
     loraswap_settings,
     naive_server,
@@ -56,6 +57,7 @@ PRESETS = {
     "full": dict(adapter_counts=[1, 8, 64], concurrency=32, duration=30.0, rounds=2, hot_swap=3,
                  routing_pairs=200, output_tokens=(32, 128)),
 }
+SYSTEMS = ("vllm", "loraswap", "naive", "loraswap-ray")  # the order of a round
 HOT_SWAP_FIRST = 900  # adapter indices never in the workload
 # Engine settings the harness exposes as its own flags (help and type from the settings
 # declaration), with the harness's default where it differs from the server's; both engines
@@ -82,7 +84,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, help="seconds per measurement")
     p.add_argument("--rounds", type=int)
     p.add_argument("--systems", default="vllm,loraswap,naive",
-                   help="comma list of vllm, loraswap (measures (c) and (d)), naive")
+                   help="comma list of vllm, loraswap (measures (c) and (d)), naive, "
+                   "loraswap-ray ((e): loraswap on Ray Serve, --ray-replicas engines)")
+    p.add_argument("--ray-replicas", type=int, default=2,
+                   help="engine replicas of the loraswap-ray system")
     p.add_argument("--popularity", choices=["uniform", "zipf"], default="uniform")
     p.add_argument("--zipf-alpha", type=float, default=1.0)
     p.add_argument("--arrival", choices=["closed", "poisson"], default="closed")
@@ -193,7 +198,7 @@ async def _measure(target: Target, spec: WorkloadSpec, duration: float,
                                       ramp=min(5.0, duration / 5))
     if spy is not None:
         await asyncio.to_thread(spy.wait)
-    summary = summarize(outcomes, window)
+    summary = summarize(outcomes, window, spec.adapters)
     summary["load_before"] = round(load_before, 2)
     return summary
 
@@ -335,13 +340,34 @@ class Bench:
         finally:
             server.stop()
 
+    async def run_loraswap_ray(self, rnd: int) -> None:
+        """(e): the adapters named directly, as (c), through Ray Serve's proxy, the ingress
+        and `--ray-replicas` engine replicas with adapter-affinity routing."""
+        home = self.out_dir / f"home-ray-round{rnd}"
+        settings = loraswap_settings(self.limits, home)
+        register_adapters(settings, self.adapters)
+        server = loraswap_ray_server(settings, self.out_dir / "logs" / f"round{rnd}",
+                                     self.args.ray_replicas)
+        server.env.update(self.engine_env)
+        server.env.pop("VLLM_CPU_OMP_THREADS_BIND", None)  # each replica binds its own cores
+        names = list(self.adapters)
+        target = Target("loraswap-ray", server.url, lambda i: names[i])
+        try:
+            self._start(server)
+            await _warm_up(target, self.max_count, self.args.concurrency)
+            for count in self.args.adapter_counts:
+                self._record(rnd, "loraswap-ray", count, await _measure(
+                    target, self.spec(count, rnd), self.args.duration,
+                    self._profile(server, rnd, "loraswap-ray", count)))
+        finally:
+            server.stop()
+
     async def run(self) -> None:
-        order = [s for s in ("vllm", "loraswap", "naive")
-                 if s in self.args.systems.split(",")]
+        order = [s for s in SYSTEMS if s in self.args.systems.split(",")]
         for rnd in range(self.args.rounds):
             log(f"round {rnd + 1}/{self.args.rounds}")
             for system in (order if rnd % 2 == 0 else order[::-1]):
-                await getattr(self, f"run_{system}")(rnd)
+                await getattr(self, f"run_{system.replace('-', '_')}")(rnd)
 
 
 async def send_one_probe(target: Target) -> str | None:
@@ -379,7 +405,7 @@ def run(argv: list[str] | None = None) -> Path:
     finally:
         stop_all()
     medians: dict[str, dict[str, dict]] = {}
-    for system in ("vllm", "loraswap", "loraswap-routed", "naive"):
+    for system in ("vllm", "loraswap", "loraswap-routed", "naive", "loraswap-ray"):
         for count in args.adapter_counts:
             runs = [{k: v for k, v in r.items() if k not in ("round", "system", "adapters")}
                     for r in bench.runs if r["system"] == system and r["adapters"] == count]

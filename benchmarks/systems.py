@@ -121,6 +121,16 @@ def loraswap_server(settings: Settings, log_dir: Path) -> Server:
                   {**settings.to_env(), **_kv_cache_env(settings)})
 
 
+def loraswap_ray_server(settings: Settings, log_dir: Path, replicas: int) -> Server:
+    """The same server on Ray Serve with `replicas` engine replicas (docs/scaling.md). Each
+    replica's engine gets the same limits as the single-process one; on CPU they split the
+    machine's cores (each binds its own)."""
+    port = free_port()
+    scaled = settings.replace(replicas=replicas)
+    return Server("loraswap-ray", serve_command(port), port, "/ready",
+                  log_dir / "loraswap-ray.log", {**scaled.to_env(), **_kv_cache_env(scaled)})
+
+
 def naive_server(base: Path, adapters: dict[str, Path], log_dir: Path) -> Server:
     port = free_port()
     cmd = [sys.executable, "-m", "benchmarks.naive_server", "--base", str(base),

@@ -46,3 +46,44 @@ def test_lora_ops_microbenchmark_agrees_with_vllm(capsys) -> None:
     for tokens, kind, stock, ours, diff in rows:
         assert stock > 0 and ours > 0 and diff < 1e-3, (tokens, kind, diff)
     assert "| tokens | layer |" in capsys.readouterr().out
+
+
+def test_the_ray_system_runs_with_replicas_and_is_reported_against_one_process(
+        tmp_path: Path) -> None:
+    from benchmarks import report
+    from benchmarks.run import SYSTEMS, Bench, parse_args
+    from benchmarks.systems import loraswap_ray_server, loraswap_settings
+    from loraswap.settings import Settings
+
+    args = parse_args(["--smoke", "--systems", "loraswap,loraswap-ray", "--ray-replicas", "3"])
+    assert args.ray_replicas == 3
+    assert all(callable(getattr(Bench, f"run_{s.replace('-', '_')}", None)) for s in SYSTEMS)
+    server = loraswap_ray_server(loraswap_settings(Settings(), tmp_path), tmp_path, 3)
+    assert server.env["LORASWAP_REPLICAS"] == "3" and server.ready_path == "/ready"
+
+    one = {"tok_per_s": 100.0, "req_per_s": 10.0, "ttft_p95_ms": 50.0, "itl_p95_ms": 5.0,
+           "e2e_p95_ms": 500.0}
+    ray = {"tok_per_s": 80.0, "req_per_s": 8.0, "ttft_p95_ms": 100.0, "itl_p95_ms": 5.0,
+           "e2e_p95_ms": 750.0}
+    [row] = report.ratios({"loraswap": {"4": one}, "loraswap-ray": {"4": ray}})
+    assert row == {"adapters": 4, "vs": "ray (e)/(c)", "tok_per_s": 0.8, "req_per_s": 0.8,
+                   "ttft_p95_ms": 2.0, "itl_p95_ms": 1.0, "e2e_p95_ms": 1.5}
+
+
+def test_fairness_compares_the_rarest_tenth_with_the_median_adapter() -> None:
+    from benchmarks.loadgen import Outcome, summarize
+
+    def done(adapter: int, ttft: float) -> Outcome:
+        return Outcome(ok=True, start=1.0, end=2.0, ttft=ttft, tokens=1, times=[1.0 + ttft],
+                       adapter=adapter)
+
+    # 20 adapters: 0-17 answer in 100 ms; the rarest tenth (18, 19) waits 400 ms.
+    outcomes = [done(a, 0.1) for a in range(18) for _ in range(5)]
+    outcomes += [done(18, 0.4), done(19, 0.4)]
+    s = summarize(outcomes, (0.0, 3.0), adapters=20)
+    assert s["adapters_seen"] == 20 and s["rare_tenth_requests"] == 2
+    assert s["median_adapter_ttft_p99_ms"] == 100.0
+    assert s["rare_tenth_ttft_p99_ms"] == 400.0 and s["rare_to_median_p99"] == 4.0
+    # A rare adapter the window never served is not a fairness pass: nothing to compare.
+    s = summarize([done(a, 0.1) for a in range(18)], (0.0, 3.0), adapters=20)
+    assert s["rare_tenth_requests"] == 0 and s["rare_to_median_p99"] is None

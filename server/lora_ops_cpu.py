@@ -44,20 +44,23 @@ FUNCTIONS = ("bgmv_expand", "bgmv_expand_slice", "bgmv_shrink", "sgmv_expand",
              "sgmv_expand_slice", "sgmv_shrink")
 
 # key of the weight tensor(s) -> (weak refs to them, their versions, the matrix made from them)
-_STACKED: dict[tuple, tuple[tuple, tuple[int, ...], torch.Tensor]] = {}
+_STACKED: dict[tuple, tuple[tuple, tuple, torch.Tensor]] = {}
 _MAX_CACHED = 4096
 
 
-def _cached(tensors: tuple[torch.Tensor, ...], tag: tuple, make) -> torch.Tensor:
+def _cached(tensors: tuple[torch.Tensor, ...], tag: tuple, make,
+            variant: object = None) -> torch.Tensor:
     """`make()` for these weights, remade only when vLLM wrote into one of them.
 
     vLLM loads an adapter by copying into a slot of the preallocated stacked tensors, which
     bumps their version counters. Weak references make sure a hit is the same tensor objects,
     not new ones that happen to sit at a freed address. Tensors without a version counter
-    (made in inference mode) are not cached.
+    (made in inference mode) are not cached. `variant` (the slots a batch uses) is part of
+    the hit but not of the key: a new one replaces the old, so the cache holds one matrix
+    per weights and tag however often batches change their slots.
     """
     try:
-        versions = tuple(t._version for t in tensors)
+        versions = (*(t._version for t in tensors), variant)
     except RuntimeError:
         return make()
     key = (*((t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype) for t in tensors), tag)
@@ -177,23 +180,63 @@ def sgmv_expand_slice(inputs, lora_b_weights, output_tensor, b_seq_start_loc, se
 
 
 class _Plan:
-    """Per-batch index tensors, made once when vLLM updates the LoRA mapping, not per op."""
+    """Per-batch index tensors, made once when vLLM updates the LoRA mapping, not per op.
+
+    Only the slots the batch uses are computed: `active` (sorted), and each token's place in
+    it (`local`). A slot no token of this batch uses costs nothing, so `max_loras` can be
+    larger than the adapters in one batch without every op paying for the idle slots."""
 
     def __init__(self, indices: torch.Tensor) -> None:
         self.tokens = int(indices.shape[0])
-        self.safe = indices.clamp(min=0).to(torch.int64)
         missing = indices < 0
         self.none = bool(missing.all()) if self.tokens else True
         self.missing = missing.view(-1, 1, 1) if bool(missing.any()) else None
+        used = indices[~missing].to(torch.int64)
+        self.active = torch.unique(used) if used.numel() else used
+        self.key = tuple(self.active.tolist())
+        local = torch.searchsorted(self.active, indices.to(torch.int64).clamp(min=0))
+        self.local = local.clamp(max=max(0, len(self.key) - 1))
         self._gather: dict[tuple[int, int], torch.Tensor] = {}
+        self._columns: dict[tuple[int, int, int], torch.Tensor] = {}
 
     def gather_index(self, slices: int, rank: int) -> torch.Tensor:
-        """tokens x slices x 1 x rank: each token's slot, for every slice."""
+        """tokens x slices x 1 x rank: each token's place among the active slots."""
         key = (slices, rank)
         if key not in self._gather:
-            self._gather[key] = self.safe.view(-1, 1, 1, 1).expand(
+            self._gather[key] = self.local.view(-1, 1, 1, 1).expand(
                 self.tokens, slices, 1, rank).contiguous()
         return self._gather[key]
+
+    def columns(self, slices: int, slots: int, rank: int) -> torch.Tensor:
+        """The active slots' columns of the stacked shrink matrix, (slice, slot, rank)
+        ordered; with one slice, also the active slots' rows of a stacked expand matrix."""
+        key = (slices, slots, rank)
+        if key not in self._columns:
+            base = (torch.arange(slices).view(-1, 1) * slots + self.active.view(1, -1)) * rank
+            self._columns[key] = (base.view(-1, 1) + torch.arange(rank).view(1, -1)).reshape(-1)
+        return self._columns[key]
+
+
+def _active_shrink(weights: tuple[torch.Tensor, ...], plan: _Plan, slots: int, rank: int,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """in x (slices * active * rank): the stacked shrink matrix for this batch's slots."""
+    full = _stacked_for_shrink(weights, dtype)
+    if len(plan.key) == slots:
+        return full
+    cols = plan.columns(len(weights), slots, rank)
+    return _cached(tuple(weights), ("shrink-active", dtype),
+                   lambda: full.index_select(1, cols), plan.key)
+
+
+def _active_expand(weights: torch.Tensor, plan: _Plan, slots: int, rank: int,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """(active * rank) x out: the stacked expand matrix for this batch's slots."""
+    full = _stacked_for_expand(weights, dtype)
+    if len(plan.key) == slots:
+        return full
+    rows = plan.columns(1, slots, rank)
+    return _cached((weights,), ("expand-active", dtype),
+                   lambda: full.index_select(0, rows), plan.key)
 
 
 def fused_wrapper_methods(original_update_metadata, original_add_lora_linear) -> dict[str, object]:
@@ -224,18 +267,20 @@ def fused_wrapper_methods(original_update_metadata, original_add_lora_linear) ->
         x2 = x.view(-1, x.shape[-1])[:tokens]
         slices = len(lora_a_stacked)
         slots, rank = lora_a_stacked[0].shape[0], lora_a_stacked[0].shape[-2]
-        every = torch.mm(x2.to(torch.float32), _stacked_for_shrink(lora_a_stacked, torch.float32))
+        used = len(plan.key)  # the slots this batch uses, not max_loras
+        every = torch.mm(x2.to(torch.float32),
+                         _active_shrink(lora_a_stacked, plan, slots, rank, torch.float32))
         index = plan.gather_index(slices, rank)
-        mid = every.view(tokens, slices, slots, rank).gather(2, index)  # tokens x S x 1 x r
+        mid = every.view(tokens, slices, used, rank).gather(2, index)  # tokens x S x 1 x r
         if plan.missing is not None:
             mid.masked_fill_(plan.missing.unsqueeze(-1), 0.0)
-        spread = mid.new_zeros(tokens, slices, slots, rank).scatter_(2, index, mid)
+        spread = mid.new_zeros(tokens, slices, used, rank).scatter_(2, index, mid)
         spread = spread.to(y2.dtype)
         if kwargs.get("add_inputs", True) is False:
             y2[:tokens].zero_()
         offset = 0
         for s, width in enumerate(output_slices):
-            b = _stacked_for_expand(lora_b_stacked[s], y2.dtype)
+            b = _active_expand(lora_b_stacked[s], plan, slots, rank, y2.dtype)
             y2[:tokens, offset:offset + width].addmm_(spread[:, s].reshape(tokens, -1), b,
                                                      alpha=scale)
             offset += width

@@ -161,3 +161,36 @@ def test_plugin_reaches_vllm_engine_processes(monkeypatch) -> None:
     assert "does not include loraswap_cpu_lora_ops" in engine._plugin_reaches_workers()
     monkeypatch.setenv("VLLM_PLUGINS", "lora_filesystem_resolver,loraswap_cpu_lora_ops")
     assert engine._plugin_reaches_workers() is None
+
+
+def test_fused_path_computes_only_the_slots_a_batch_uses() -> None:
+    """Sixteen slots, batches using a few: segments of every size (one token, many), slots
+    no token uses, tokens without an adapter, a batch using every slot, and slots rewritten
+    in place between batches; every result equal to the per-token reference."""
+    g = torch.Generator().manual_seed(17)
+    slots, hidden, widths = 16, 24, (16, 8, 8)
+    a_slices = tuple(torch.randn(slots, 1, RANK, hidden, generator=g) for _ in widths)
+    b_slices = tuple(torch.randn(slots, 1, w, RANK, generator=g) for w in widths)
+    methods = lora_ops_cpu.fused_wrapper_methods(_Wrapper.stock_update, _Wrapper.stock_linear)
+    batches = [
+        [5, 5, 5, 5, 5, 5, -1, 9, 12, 12],       # sizes 6, 1, 2; 13 slots unused
+        [0, -1, -1, 15],                          # the first and last slot
+        list(range(slots)) + [3, 3, -1],          # every slot in use
+        [9, 9, 5],                                # back to earlier slots, another order
+    ]
+    for n, batch in enumerate(batches):
+        if n == 3:  # adapters loaded into used and unused slots since the last batch
+            with torch.no_grad():
+                a_slices[1][9].normal_(generator=g)
+                b_slices[0][5].normal_(generator=g)
+                a_slices[0][7].normal_(generator=g)
+        idx = torch.tensor(batch)
+        wrapper = _Wrapper(idx)
+        methods["update_metadata"](wrapper, None, [], slots, 0)
+        x = torch.randn(len(batch), hidden, generator=g)
+        y = torch.randn(len(batch), sum(widths), generator=g)
+        want = _reference_linear(y, x, a_slices, b_slices, 0.25, widths, idx)
+        got = y.clone()
+        methods["add_lora_linear"](wrapper, got, x, a_slices, b_slices, 0.25, widths)
+        _close(got, want)
+        assert wrapper._loraswap_plan.key == tuple(sorted({i for i in batch if i >= 0}))

@@ -104,6 +104,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             shown = default if default is not None else f"${spec.env} or {spec.default}"
             p.add_argument(spec.flag, type=spec.annotation, default=default,
                            help=f"{spec.help} Both engines. Default: {shown}")
+    p.add_argument("--loraswap-max-loras", type=int,
+                   help="loraswap's max_loras when it should differ from the peer's "
+                   "(--max-loras): its kernels cost only the slots a batch uses")
     p.add_argument("--rank", type=int, default=8,
                    help="the generated adapters' rank, and both engines' max_lora_rank")
     p.add_argument("--hot-swap", type=int, help="hot-swap trials per system")
@@ -229,7 +232,8 @@ class Bench:
         # environment (benchmarks.systems).
         self.limits = Settings.from_env(
             base_model=self.base, base_model_name=BASE_ID, max_lora_rank=args.rank,
-            max_cpu_loras=max(self.max_count + args.hot_swap, args.max_loras),
+            max_cpu_loras=max(self.max_count + args.hot_swap, args.max_loras,
+                              args.loraswap_max_loras or 0),
             **{name: getattr(args, name) for name in ENGINE_FLAGS})
         self.engine_env = {"VLLM_CPU_OMP_THREADS_BIND": _all_cpus(),
                            **dict(item.split("=", 1) for item in args.engine_env)}
@@ -285,9 +289,14 @@ class Bench:
         finally:
             server.stop()
 
+    @property
+    def loraswap_limits(self) -> Settings:
+        own = self.args.loraswap_max_loras
+        return self.limits.replace(max_loras=own) if own else self.limits
+
     async def run_loraswap(self, rnd: int) -> None:
         home = self.out_dir / f"home-round{rnd}"
-        settings = loraswap_settings(self.limits, home)
+        settings = loraswap_settings(self.loraswap_limits, home)
         register_adapters(settings, self.adapters)
         names = list(self.adapters)
         aliases: dict[str, str] = {}
@@ -344,7 +353,7 @@ class Bench:
         """(e): the adapters named directly, as (c), through Ray Serve's proxy, the ingress
         and `--ray-replicas` engine replicas with adapter-affinity routing."""
         home = self.out_dir / f"home-ray-round{rnd}"
-        settings = loraswap_settings(self.limits, home)
+        settings = loraswap_settings(self.loraswap_limits, home)
         register_adapters(settings, self.adapters)
         server = loraswap_ray_server(settings, self.out_dir / "logs" / f"round{rnd}",
                                      self.args.ray_replicas)
@@ -419,6 +428,7 @@ def run(argv: list[str] | None = None) -> Path:
                    "adapter_counts": args.adapter_counts, "systems": args.systems,
                    "workload": asdict(bench.spec(max(args.adapter_counts))),
                    "limits": engine_limits(bench.limits),
+                   "loraswap_max_loras": bench.loraswap_limits.max_loras,
                    "limits_note": "loraswap runs with max_cpu_loras + 1 (its CPU base guard's "
                                   "zero adapter); this workload sends no base requests",
                    "base": str(bench.base), "base_size": args.base_size or "embedded",

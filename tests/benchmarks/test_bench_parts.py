@@ -87,3 +87,18 @@ def test_fairness_compares_the_rarest_tenth_with_the_median_adapter() -> None:
     # A rare adapter the window never served is not a fairness pass: nothing to compare.
     s = summarize([done(a, 0.1) for a in range(18)], (0.0, 3.0), adapters=20)
     assert s["rare_tenth_requests"] == 0 and s["rare_to_median_p99"] is None
+
+
+def test_loraswap_may_run_more_slots_than_the_peer() -> None:
+    from types import SimpleNamespace
+
+    from benchmarks.run import Bench, parse_args
+    from loraswap.settings import Settings
+
+    limits = Settings(max_loras=4, max_cpu_loras=70)
+    args = parse_args(["--quick", "--max-loras", "4", "--loraswap-max-loras", "16"])
+    assert (args.max_loras, args.loraswap_max_loras) == (4, 16)
+    ours = Bench.loraswap_limits.fget(SimpleNamespace(args=args, limits=limits))
+    assert ours.max_loras == 16 and limits.max_loras == 4  # the peer keeps its own
+    same = parse_args(["--quick", "--max-loras", "4"])
+    assert Bench.loraswap_limits.fget(SimpleNamespace(args=same, limits=limits)) is limits

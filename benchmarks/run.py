@@ -336,16 +336,22 @@ class Bench:
 
     async def run_naive(self, rnd: int) -> None:
         server = naive_server(self.base, self.adapters, self.out_dir / "logs" / f"round{rnd}")
+        await self._run_named(server, "naive", rnd, min(4, self.args.concurrency),
+                              self.args.naive_duration or self.args.duration)
+
+    async def _run_named(self, server: Server, system: str, rnd: int, warm_concurrency: int,
+                         duration: float) -> None:
+        """Start `server`, warm it up, measure every adapter count with requests naming
+        the adapters, stop it."""
         names = list(self.adapters)
-        target = Target("naive", server.url, lambda i: names[i])
-        duration = self.args.naive_duration or self.args.duration
+        target = Target(system, server.url, lambda i: names[i])
         try:
             self._start(server)
-            await _warm_up(target, self.max_count, min(4, self.args.concurrency))
+            await _warm_up(target, self.max_count, warm_concurrency)
             for count in self.args.adapter_counts:
-                self._record(rnd, "naive", count, await _measure(
+                self._record(rnd, system, count, await _measure(
                     target, self.spec(count, rnd), duration,
-                    self._profile(server, rnd, "naive", count)))
+                    self._profile(server, rnd, system, count)))
         finally:
             server.stop()
 
@@ -359,17 +365,8 @@ class Bench:
                                      self.args.ray_replicas)
         server.env.update(self.engine_env)
         server.env.pop("VLLM_CPU_OMP_THREADS_BIND", None)  # each replica binds its own cores
-        names = list(self.adapters)
-        target = Target("loraswap-ray", server.url, lambda i: names[i])
-        try:
-            self._start(server)
-            await _warm_up(target, self.max_count, self.args.concurrency)
-            for count in self.args.adapter_counts:
-                self._record(rnd, "loraswap-ray", count, await _measure(
-                    target, self.spec(count, rnd), self.args.duration,
-                    self._profile(server, rnd, "loraswap-ray", count)))
-        finally:
-            server.stop()
+        await self._run_named(server, "loraswap-ray", rnd, self.args.concurrency,
+                              self.args.duration)
 
     async def run(self) -> None:
         order = [s for s in SYSTEMS if s in self.args.systems.split(",")]

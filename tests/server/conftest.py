@@ -61,13 +61,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [item for item in items if item not in last] + last
 
 
-def register(server: ServerProc, paths: list[Path]) -> list[str]:
+def register(server: ServerProc, paths: list[Path], prefix: str = "t") -> list[str]:
     names = []
     for i, path in enumerate(paths):
-        r = httpx.post(server.url + "/admin/adapters", json={"name": f"t{i}", "path": str(path)},
+        name = f"{prefix}{i}"
+        r = httpx.post(server.url + "/admin/adapters", json={"name": name, "path": str(path)},
                        timeout=60)
         assert r.status_code == 201, r.text
-        names.append(f"t{i}")
+        names.append(name)
     return names
 
 

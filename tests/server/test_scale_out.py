@@ -44,14 +44,8 @@ def cluster(embedded_base: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
-def names(cluster, adapter_dirs) -> list[str]:
-    out = []
-    for i, path in enumerate(adapter_dirs):
-        r = httpx.post(cluster.url + "/admin/adapters", json={"name": f"s{i}", "path": str(path)},
-                       timeout=60)
-        assert r.status_code == 201, r.text
-        out.append(f"s{i}")
-    return out
+def names(cluster, adapter_dirs, register_adapters) -> list[str]:
+    return register_adapters(cluster, adapter_dirs, prefix="s")
 
 
 def replicas(cluster) -> list[dict]:

@@ -43,6 +43,7 @@ class InstantEngine:
         self.config = config
         self.is_cpu, self.lora_kernels, self.guard_active = True, False, False
         self.start_seconds = 0.0
+        self.max_loras, self.slots_reason = config.max_loras or 4, "instant"
         self._running = False
         self._loaded: set[int] = set()
         self._in_flight = 0

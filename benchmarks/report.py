@@ -78,6 +78,9 @@ def markdown(results: dict) -> str:
              f"tokens (ignore_eos), {cfg['duration']} s per measurement after a {cfg.get('ramp', 0):g} s "
              f"ramp (not counted), {cfg['rounds']} round(s), "
              f"seed {cfg['workload']['seed']}. Engine limits: {cfg['limits']}"
+             + (f"; loraswap's max_loras: {cfg['loraswap_max_loras']}"
+                if cfg.get("loraswap_max_loras") not in (None, cfg["limits"].get("max_loras"))
+                else "")
              + (f", engine environment {cfg['engine_env']}" if cfg.get("engine_env") else "")
              + ". Machine: "
              f"{results['machine']['cpus']} CPUs, load average before "

@@ -45,6 +45,7 @@ from benchmarks.systems import (
 )
 from benchmarks.workload import WorkloadSpec, make_requests
 from loraswap.settings import Settings, specs
+from server.lora_slots import choose_max_loras
 
 __all__ = ["main", "run"]
 
@@ -104,9 +105,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             shown = default if default is not None else f"${spec.env} or {spec.default}"
             p.add_argument(spec.flag, type=spec.annotation, default=default,
                            help=f"{spec.help} Both engines. Default: {shown}")
-    p.add_argument("--loraswap-max-loras", type=int,
+    p.add_argument("--loraswap-max-loras", type=_slots,
                    help="loraswap's max_loras when it should differ from the peer's "
-                   "(--max-loras): its kernels cost only the slots a batch uses")
+                   "(--max-loras): a number, or `auto` (its default; server/lora_slots.py), "
+                   "since its kernels cost only the slots a batch uses")
     p.add_argument("--rank", type=int, default=8,
                    help="the generated adapters' rank, and both engines' max_lora_rank")
     p.add_argument("--hot-swap", type=int, help="hot-swap trials per system")
@@ -131,6 +133,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     return args
+
+
+AUTO = "auto"
+
+
+def _slots(text: str) -> int | str:
+    if text == AUTO:
+        return AUTO
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("a slot count is at least 1")
+    return value
 
 
 def _all_cpus() -> str:
@@ -233,7 +247,8 @@ class Bench:
         self.limits = Settings.from_env(
             base_model=self.base, base_model_name=BASE_ID, max_lora_rank=args.rank,
             max_cpu_loras=max(self.max_count + args.hot_swap, args.max_loras,
-                              args.loraswap_max_loras or 0),
+                              0 if args.loraswap_max_loras in (None, AUTO)
+                              else args.loraswap_max_loras),
             **{name: getattr(args, name) for name in ENGINE_FLAGS})
         self.engine_env = {"VLLM_CPU_OMP_THREADS_BIND": _all_cpus(),
                            **dict(item.split("=", 1) for item in args.engine_env)}
@@ -292,7 +307,22 @@ class Bench:
     @property
     def loraswap_limits(self) -> Settings:
         own = self.args.loraswap_max_loras
-        return self.limits.replace(max_loras=own) if own else self.limits
+        if own is None:
+            return self.limits
+        return self.limits.replace(max_loras=None if own == AUTO else own)
+
+    def loraswap_slots(self) -> int | str:
+        """loraswap's slot count, with how auto chose it (the server's own rule, for a
+        machine with our CPU kernels on)."""
+        limits = loraswap_settings(self.loraswap_limits, self.out_dir)
+        if limits.max_loras is not None:
+            return limits.max_loras
+        choice = choose_max_loras(self.base, max_lora_rank=limits.max_lora_rank,
+                                  max_num_seqs=limits.max_num_seqs,
+                                  max_cpu_loras=limits.max_cpu_loras,
+                                  budget_gib=limits.lora_slots_gib, dtype=limits.dtype,
+                                  cpu=True, idle_slots_free=limits.cpu_lora_kernels)
+        return f"auto: {choice.max_loras} ({choice.reason})"
 
     async def run_loraswap(self, rnd: int) -> None:
         home = self.out_dir / f"home-round{rnd}"
@@ -425,7 +455,7 @@ def run(argv: list[str] | None = None) -> Path:
                    "adapter_counts": args.adapter_counts, "systems": args.systems,
                    "workload": asdict(bench.spec(max(args.adapter_counts))),
                    "limits": engine_limits(bench.limits),
-                   "loraswap_max_loras": bench.loraswap_limits.max_loras,
+                   "loraswap_max_loras": bench.loraswap_slots(),
                    "limits_note": "loraswap runs with max_cpu_loras + 1 (its CPU base guard's "
                                   "zero adapter); this workload sends no base requests",
                    "base": str(bench.base), "base_size": args.base_size or "embedded",

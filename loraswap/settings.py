@@ -105,11 +105,18 @@ class Settings(BaseSettings):
     host: str = setting("127.0.0.1", help="Bind address (loopback is forced while no API "
                         "key exists).")
     port: int = setting(8000, ge=0, le=65535, help="Port to listen on.")
-    max_loras: int = setting(4, ge=1, help="Adapters in one batch (the engine's LoRA slots).")
+    max_loras: int | None = setting(
+        None, ge=1, shown="auto",
+        help="Adapters one batch can mix (the engine's LoRA slots). Auto: as many as "
+        "max_num_seqs, max_cpu_loras and lora_slots_gib allow, since the kernels skip idle "
+        "slots (server/lora_slots.py); 4 with vLLM's own CPU LoRA ops.")
+    lora_slots_gib: float = setting(
+        1.0, gt=0, help="Memory auto max_loras may give the LoRA slots (GPU memory on a GPU); "
+        "each slot holds one adapter at max_lora_rank for every layer.")
     max_lora_rank: int = setting(64, ge=1, help="Largest adapter rank the engine and the "
                                  "registry accept: one of 1, 8, 16, 32, 64, 128, 256, 320, 512.")
-    max_cpu_loras: int = setting(16, ge=1, help="Adapters kept loaded in the engine (LRU); "
-                                 "at least max_loras.")
+    max_cpu_loras: int = setting(64, ge=1, help="Adapters kept loaded in the engine (LRU, "
+                                 "host memory); at least max_loras.")
     max_model_len: int = setting(512, ge=1, help="Context length: prompt plus completion, "
                                  "in tokens.")
     max_num_seqs: int = setting(64, ge=1, help="Sequences the engine runs in one batch.")
@@ -158,6 +165,15 @@ class Settings(BaseSettings):
                                       "requests before cancelling them.")
     max_upload_mib: int = setting(512, ge=1, help="Largest adapter archive the admin API "
                                   "accepts, in MiB.")
+    max_file_mib: int = setting(512, ge=1, help="Largest file `/v1/files` accepts (training "
+                                "data for fine-tuning jobs), in MiB.")
+    finetune_worker: bool = setting(
+        True, help="Run fine-tuning jobs in a worker process the server starts (one job at a "
+        "time); off: jobs wait for a `loraswap worker` started on its own.")
+    mlflow_tracking_uri: str | None = setting(
+        None, shown="none: TensorBoard files only", scope=GLOBAL,
+        help="Also log every training run to MLflow at this tracking URI (needs the `mlflow` "
+        "extra).")
     reconcile_interval: float = setting(
         0.5, gt=0, help="Seconds between the server's re-reads of the registry, experiments "
         "and API keys (changes made by another process, such as the CLI, show up this late).")
@@ -251,6 +267,14 @@ class Settings(BaseSettings):
     @property
     def store_dir(self) -> Path:
         return self.home / "store"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.home / "files"
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

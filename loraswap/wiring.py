@@ -13,6 +13,7 @@ here, never a silently frozen default.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from loraswap.settings import Settings
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from server.auth import KeyStore
     from server.config import ServerConfig
     from server.engine import EngineConfig
+    from server.serving_finetune import FineTuning
 
 __all__ = [
     "build_app",
@@ -111,11 +113,37 @@ def build_app(settings: Settings, *, config: ServerConfig | None = None,
     except BaseException:
         registry.close()
         raise
-    return create_app(config or server_config(settings),
+    config = config or server_config(settings)
+    return create_app(config,
                       engine=engine if engine is not None else Engine(engine_config(settings)),
                       registry=registry, router=router,
                       keys=keys if keys is not None else open_keys(settings),
-                      residency_class=residency_class or Residency)
+                      residency_class=residency_class or Residency,
+                      fine_tuning=open_fine_tuning(settings, registry, config.model_id))
+
+
+def validate_training_file(path: Path, kind: str, param: str) -> int:
+    """The training package's data checks for a job's file (the server cannot import
+    training/): the usable rows, or InvalidFile naming the first lines that break a rule."""
+    from finetune import InvalidFile
+    from training.data import DataError, load_dataset
+
+    try:
+        return len(load_dataset(path, kind).rows)
+    except DataError as exc:
+        raise InvalidFile(f"{param}: " + str(exc).replace(str(path), "the file"), param=param,
+                          code="invalid_file_format") from None
+
+
+def open_fine_tuning(settings: Settings, registry: Any, base_id: str) -> FineTuning:
+    """`/v1/files` and `/v1/fine_tuning/jobs` over the project's database."""
+    from finetune import open_stores
+    from server.serving_finetune import FineTuning
+
+    files, jobs = open_stores(settings.db_path, settings.files_dir,
+                              max_bytes=settings.max_file_mib * 2**20)
+    return FineTuning(files, jobs, validate=validate_training_file, registry=registry,
+                      base_id=base_id, max_rank=settings.max_lora_rank)
 
 
 def serve(settings: Settings) -> int:

@@ -7,6 +7,7 @@ hot path reads. Why aliases are pointers with history: router/aliases.py.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from common.sqlite import write_transaction
@@ -30,6 +31,10 @@ from router.errors import (
 )
 from router.experiments import ACTIVE, NAME, Experiment, get_experiment, set_status
 from router.results import unit_lifts
+
+# OpenAI's name for a fine-tuned model, which the fine-tuning API points at its version.
+FINE_TUNED_NAME = re.compile(r"^ft:[A-Za-z0-9][A-Za-z0-9._-]{0,127}:[A-Za-z0-9._-]{0,64}:"
+                             r"ftjob-[0-9a-f]{24}$")
 
 __all__ = ["AliasAdmin", "winner_of"]
 
@@ -81,9 +86,10 @@ class AliasAdmin:
     def set_alias(self, name: str, target: str, system_prompt: str | None = None, *,
                   key_id: str | None = None, reason: str | None = None) -> Alias:
         """Point `name` at a version (pinned now) or the base, with an optional system prompt."""
-        if not NAME.match(name):
+        if not (NAME.match(name) or FINE_TUNED_NAME.match(name)):
             raise InvalidAlias(f"alias {name!r} must match [A-Za-z0-9][A-Za-z0-9._-]{{0,63}} "
-                               "(no '@' or '/')", param="name")
+                               "(no '@' or '/'), or be a fine-tuned model's name "
+                               "(ft:<base>:<suffix>:<job id>)", param="name")
         try:
             self._check_alias(name)  # type: ignore[attr-defined]
         except InvalidExperiment as exc:

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 
 from adapters import Registry
 from router import Router
-from server import routes_aliases, routes_experiments, routes_feedback
+from server import routes_aliases, routes_experiments, routes_feedback, routes_finetune
 from server.auth import KeyStore
 from server.auth_deps import require_experiment_access, require_inference
 from server.catalog import ModelCatalog
@@ -119,7 +119,7 @@ def _load_tokenizer(config: ServerConfig):
 
 def create_app(config: ServerConfig, *, engine, registry: Registry, router: Router,
                keys: KeyStore, tokenizer=None, metrics: Metrics | None = None,
-               residency_class=Residency) -> FastAPI:
+               residency_class=Residency, fine_tuning=None) -> FastAPI:
     """The app over ready-made parts; `engine` is a `server.engine.Engine` or a stand-in with
     the same methods (`server.engine_remote.RemoteEngine` for engine replicas, with
     `residency_class` its ClusterResidency). The app owns the parts from here: its shutdown
@@ -148,9 +148,9 @@ def create_app(config: ServerConfig, *, engine, registry: Registry, router: Rout
             await _load_all(residency, catalog)
         reconcile = asyncio.create_task(reconciler.run(config.reconcile_interval))
         watchdog = asyncio.create_task(_watch_engine(app, engine, config.engine_dead_exit_delay))
-        log.info("engine ready in %.1f s: base %s (%s), %s, max_loras=%d%s, adapter cache %d",
+        log.info("engine ready in %.1f s: base %s (%s), %s, max_loras=%d (%s)%s, adapter cache %d",
                  engine.start_seconds or 0, config.model_id, config.base_model_dir,
-                 "CPU" if engine.is_cpu else "GPU", engine.config.max_loras,
+                 "CPU" if engine.is_cpu else "GPU", engine.max_loras, engine.slots_reason,
                  " (the base guard adapter holds one while base requests run)"
                  if engine.guard_active else "", capacity)
         state.ready = True
@@ -165,25 +165,32 @@ def create_app(config: ServerConfig, *, engine, registry: Registry, router: Rout
             engine.shutdown()
             registry.close()
             keys.close()
+            if fine_tuning is not None:
+                fine_tuning.close()
             log.info("engine stopped")
 
     app = FastAPI(title="loraswap", version="0.1.0", lifespan=lifespan)
     state = app.state
     state.config, state.metrics, state.keys = config, metrics, keys
     state.engine, state.registry, state.router, state.catalog = engine, registry, router, catalog
+    state.fine_tuning = fine_tuning  # server/serving_finetune.py; None: those routes 404
+    if fine_tuning is not None:
+        fine_tuning.bind_models(lambda name: name in router.aliases(),
+                                lambda: (catalog.refresh(), router.refresh()))
     state.ready = False
     state.engine_dead = False
     state.exit_code = 0
     state.request_exit = lambda: None  # run() points this at uvicorn's shutdown
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, limit=LIMITS["request_bytes"],
-                       exempt=("/admin/adapters/upload",))
+                       exempt=("/admin/adapters/upload", "/v1/files"))
     app.add_middleware(RequestIdMiddleware, metrics=metrics)
     app.include_router(openai_router)
     app.include_router(admin_router)
     app.include_router(routes_experiments.api, dependencies=[Depends(require_experiment_access)])
     app.include_router(routes_aliases.api, dependencies=[Depends(require_experiment_access)])
     app.include_router(routes_feedback.api, dependencies=[Depends(require_inference)])
+    app.include_router(routes_finetune.api)
 
     @app.get("/health")
     async def health(request: Request):

@@ -25,7 +25,7 @@ from common.timeutil import utc_now_iso
 
 __all__ = ["SCOPES", "KeyStore", "migrations"]
 
-SCOPES = ("inference", "analyst", "admin")
+SCOPES = ("inference", "analyst", "fine-tune", "admin")
 PREFIX = "lsk-"
 
 
@@ -66,9 +66,31 @@ def m002_analyst_scope(db: Database) -> None:
     db.execute("ALTER TABLE api_keys_new RENAME TO api_keys")
 
 
-# This package's steps, oldest first (never edited once shipped; add m003_... at the end).
+def m003_fine_tune_scope(db: Database) -> None:
+    # A fine-tune key: inference plus its own files and fine-tuning jobs (/v1/files,
+    # /v1/fine_tuning). Same rebuild as m002, for the same reason.
+    db.execute(
+        """
+        CREATE TABLE api_keys_new (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL,
+            prefix TEXT NOT NULL,
+            hash TEXT NOT NULL UNIQUE,
+            scope TEXT NOT NULL CHECK (scope IN ('inference', 'analyst', 'fine-tune', 'admin')),
+            created_at TEXT NOT NULL,
+            revoked_at TEXT
+        )
+        """
+    )
+    db.execute("INSERT INTO api_keys_new SELECT id, name, prefix, hash, scope, created_at, "
+               "revoked_at FROM api_keys")
+    db.execute("DROP TABLE api_keys")
+    db.execute("ALTER TABLE api_keys_new RENAME TO api_keys")
+
+
+# This package's steps, oldest first (never edited once shipped; add m004_... at the end).
 migrations = Migrations("loraswap.server")
-for _step in (m001_api_keys, m002_analyst_scope):
+for _step in (m001_api_keys, m002_analyst_scope, m003_fine_tune_scope):
     migrations()(_step)
 
 

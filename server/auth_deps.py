@@ -6,7 +6,8 @@ from fastapi import Request
 
 from server.errors import PermissionDenied, Unauthorized
 
-__all__ = ["require_admin", "require_experiment_access", "require_inference"]
+__all__ = ["require_admin", "require_experiment_access", "require_fine_tune",
+           "require_inference"]
 
 _READS = ("GET", "HEAD")
 
@@ -57,3 +58,12 @@ def require_experiment_access(request: Request) -> None:
                                "'admin' key.")
     raise PermissionDenied("This key has the 'inference' scope; experiment and alias routes "
                            "need an 'analyst' key (read) or an 'admin' key.")
+
+
+def require_fine_tune(request: Request) -> None:
+    """Files and fine-tuning jobs: 'fine-tune' and 'admin' keys (each sees its own files and
+    jobs; admin keys see all)."""
+    scope = _scope(request)
+    if scope is not None and scope not in ("fine-tune", "admin"):
+        raise PermissionDenied(f"This key has the '{scope}' scope; files and fine-tuning jobs "
+                               "need a 'fine-tune' key or an 'admin' key.")

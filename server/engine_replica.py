@@ -210,7 +210,8 @@ class EngineReplica:
             "running_requests": self.engine.unfinished(), "adapter_loads": self.loads,
             "start_seconds": self.engine.start_seconds, "started_at": self.started_at,
             "cpu": self.engine.is_cpu, "cpu_base_guard": self.engine.guard_active,
-            "cpu_lora_kernels": self.engine.lora_kernels,
+            "cpu_lora_kernels": self.engine.lora_kernels, "max_loras": self.engine.max_loras,
+            "slots_reason": self.engine.slots_reason,
         }
 
     async def check_health(self) -> None:

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import adapters
+import finetune
 import router
 from server.engine import AdapterLoadError, EngineInputError, EngineUnavailable
 
@@ -149,6 +150,13 @@ ERRORS: dict[type[BaseException], ErrorSpec] = {
     router.FeedbackForbidden: ErrorSpec(403, "permission_error", "feedback_forbidden"),
     router.ExperimentConflict: ErrorSpec(409, _CONFLICT, "experiment_conflict"),
     router.FeedbackConflict: ErrorSpec(409, _CONFLICT, "client_id_reused"),
+    # the fine-tuning API's (finetune/)
+    finetune.FineTuneError: ErrorSpec(400, _BAD, "invalid_value"),
+    finetune.InvalidFile: ErrorSpec(400, _BAD, "invalid_file"),
+    finetune.TooLarge: ErrorSpec(413, _BAD, "file_too_large"),
+    finetune.FileNotFound: ErrorSpec(404, _BAD, "file_not_found"),
+    finetune.JobNotFound: ErrorSpec(404, _BAD, "job_not_found"),
+    finetune.JobConflict: ErrorSpec(409, _CONFLICT, "job_not_cancellable"),
 }
 
 _INTERNAL = ErrorSpec(500, "server_error", "internal_error")

@@ -306,6 +306,8 @@ class EngineView(BaseModel):
     cpu: bool
     cpu_base_guard: bool
     cpu_lora_kernels: bool
+    max_loras: int = Field(description="LoRA slots: adapters one batch can mix")
+    max_loras_reason: str = Field(description="`set`, or how auto chose the count")
     adapter_capacity: int
     loaded: list[str]  # least recently used first
     engine_ids: list[int]

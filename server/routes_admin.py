@@ -168,6 +168,7 @@ async def engine_state(request: Request) -> EngineView:
     engine = state.engine
     return EngineView(base_model=state.models.base_id, cpu=engine.is_cpu,
                       cpu_base_guard=engine.guard_active, cpu_lora_kernels=engine.lora_kernels,
+                      max_loras=engine.max_loras, max_loras_reason=engine.slots_reason,
                       adapter_capacity=state.residency.capacity,
                       loaded=[v.ref for v in state.residency.resident()],
                       engine_ids=sorted(await engine.loaded_ids()),

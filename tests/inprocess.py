@@ -32,7 +32,7 @@ from server.engine import (
     TokenLogprob,
 )
 
-CAPACITY_ONLY = dict(max_loras=2, max_lora_rank=8, max_model_len=512, max_num_seqs=8,
+CAPACITY_ONLY = dict(max_loras=2, lora_slots_gib=1.0, max_lora_rank=8, max_model_len=512, max_num_seqs=8,
                      kv_cache_gib=1.0, cpu_base_guard=False, cpu_lora_kernels=False,
                      tensor_parallel_size=1, gpu_memory_utilization=0.9, dtype="auto",
                      quantization=None, enable_prefix_caching=True, max_num_batched_tokens=None,
@@ -53,6 +53,7 @@ class FakeEngine:
         self.lora_kernels = False
         self.guard_active = False
         self.start_seconds = 0.0
+        self.max_loras, self.slots_reason = config.max_loras or 4, "fake"
         self.loaded: dict[int, str] = {}
         self.adds: list[str] = []
         self.removes: list[str] = []
@@ -176,7 +177,14 @@ def build(home: Path, base: Path, *, max_cpu_loras: int = 4, max_loras: int = 2,
           **config: object) -> InProcess:
     """The real app (`create_app`) with a FakeEngine; config keywords go to ServerConfig."""
     from loraswap.settings import Settings
-    from loraswap.wiring import engine_config, open_keys, open_registry, open_router, server_config
+    from loraswap.wiring import (
+        engine_config,
+        open_fine_tuning,
+        open_keys,
+        open_registry,
+        open_router,
+        server_config,
+    )
     from training.tokenizer import build_tokenizer
 
     settings = Settings.from_env(home=home, base_model=base, base_model_name=BASE_ID,
@@ -189,8 +197,9 @@ def build(home: Path, base: Path, *, max_cpu_loras: int = 4, max_loras: int = 2,
     router = open_router(settings, registry)
     keys = open_keys(settings)
     app = create_app(cfg, engine=engine, registry=registry, router=router, keys=keys,
-                     tokenizer=build_tokenizer())
-    return InProcess(app, cfg, engine, registry, router, keys, home)
+                     tokenizer=build_tokenizer(),
+                     fine_tuning=open_fine_tuning(settings, registry, cfg.model_id))
+    return InProcess(app, cfg, engine, registry, router, keys, home, {"settings": settings})
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """The import direction between the parts, read from the source (nothing is imported).
 
-common is a leaf; adapters and router stand on common alone (the router reaches the
+common is a leaf; adapters, router and finetune stand on common alone (the router reaches the
 registry through a duck-typed protocol); training builds on adapters; server wires router,
 adapters and the engine, and never the composition root (loraswap) or training. Only
 server/engine.py talks to vLLM, so a vLLM upgrade touches one module.
@@ -14,13 +14,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-OURS = {"adapters", "common", "router", "training", "server", "loraswap", "benchmarks"}
+OURS = {"adapters", "common", "router", "training", "server", "loraswap", "benchmarks",
+        "finetune"}
 ALLOWED = {
     "common": set(),
     "adapters": {"common"},
     "router": {"common"},
+    "finetune": {"common"},
     "training": {"adapters", "common"},
-    "server": {"router", "adapters", "common"},
+    "server": {"router", "adapters", "finetune", "common"},
 }
 VLLM_MODULES = {"server/engine.py", "server/engine_tools.py"}
 

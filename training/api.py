@@ -22,6 +22,7 @@ from training.evaluation import (
     load_evaluator,
     loss_and_perplexity,
 )
+from training.hooks import HookList, LoopHooks
 from training.lora import LoraOptions, TrainingConfigError
 from training.runs import (
     RunDir,
@@ -34,6 +35,7 @@ from training.runs import (
 )
 from training.sft import LoopOptions, run_sft_loop
 from training.taskworld import TASKS, make_examples
+from training.tracking import Tracker
 
 __all__ = [
     "SFTConfig",
@@ -118,9 +120,13 @@ def evaluate_adapter(model, tokenizer, splits, *, task: str | None, evaluator: s
 
 
 def train_sft(cfg: SFTConfig, registry=None, *, runs_dir: Path, output_dir: Path | None = None,
-              resume: bool = False, max_rank: int = 64) -> TrainResult:
+              resume: bool = False, max_rank: int = 64, hooks: LoopHooks | None = None,
+              run_id: str | None = None, mlflow_uri: str | None = None,
+              lineage: dict | None = None) -> TrainResult:
     """Train, evaluate, register. Raises DataError / TrainingConfigError before training
-    when the data or the options are unusable; registers nothing on any failure."""
+    when the data or the options are unusable; registers nothing on any failure. Every run
+    is tracked (training/tracking.py); `hooks` see it too (a fine-tuning job's events), and
+    `lineage` adds entries to the version's lineage."""
     from transformers import AutoTokenizer
 
     started = time.monotonic()
@@ -147,20 +153,38 @@ def train_sft(cfg: SFTConfig, registry=None, *, runs_dir: Path, output_dir: Path
 
     config = {"method": "sft", **cfg.as_dict(), "task": task, "replayed_copy_rows": replayed}
     with RunDir(runs_dir / cfg.name, config, resume=resume) as run:
-        loaded, model = start_adapter(start, cfg.base, cfg.lora, device=cfg.device,
-                                      seed=cfg.loop.seed)
-        loop = run_sft_loop(model, loaded.tokenizer, train_rows, splits.val, cfg.loop,
-                            run_dir=run.path, device=loaded.device)
-        metrics = {"method": "sft", "task": task}
-        metrics.update(evaluate_adapter(
-            model, loaded.tokenizer, splits, task=task, evaluator=cfg.evaluator,
-            general=cfg.general, device=loaded.device, eval_limit=cfg.eval_limit,
-            copy_eval=cfg.copy_eval, seed=cfg.loop.seed))
-        metrics.update({"train_loss": loop.train_loss, "best_val_loss": loop.best_val_loss,
-                        "steps": loop.steps, "best_step": loop.best_step,
-                        "stopped_early": loop.stopped_early, "train_seconds": loop.seconds,
-                        "resumed": run.resumed, "wall_seconds": elapsed(started)})
-        return register_run(registry, run, model, name=cfg.name, method="sft", start=start,
-                            loaded=loaded, splits=splits, config=config, metrics=metrics,
-                            lineage={"history": loop.history[-20:]},
-                            description=cfg.description, tags=cfg.tags, output_dir=output_dir)
+        tracker = Tracker(runs_dir, cfg.name, "sft", config, run_id=run_id,
+                          mlflow_uri=mlflow_uri)
+        every = HookList([tracker, *([hooks] if hooks else [])])
+        try:
+            return _sft_run(cfg, registry, run, start, splits, task, train_rows, config, every,
+                            tracker, started, output_dir, lineage or {})
+        finally:
+            every.close()
+
+
+def _sft_run(cfg: SFTConfig, registry, run: RunDir, start, splits, task, train_rows, config,
+             every: HookList, tracker: Tracker, started: float, output_dir: Path | None,
+             lineage: dict) -> TrainResult:
+    loaded, model = start_adapter(start, cfg.base, cfg.lora, device=cfg.device,
+                                  seed=cfg.loop.seed)
+    loop = run_sft_loop(model, loaded.tokenizer, train_rows, splits.val, cfg.loop,
+                        run_dir=run.path, device=loaded.device, hooks=every)
+    metrics = {"method": "sft", "task": task}
+    metrics.update(evaluate_adapter(
+        model, loaded.tokenizer, splits, task=task, evaluator=cfg.evaluator,
+        general=cfg.general, device=loaded.device, eval_limit=cfg.eval_limit,
+        copy_eval=cfg.copy_eval, seed=cfg.loop.seed))
+    metrics.update({"train_loss": loop.train_loss, "best_val_loss": loop.best_val_loss,
+                    "steps": loop.steps, "best_step": loop.best_step,
+                    "stopped_early": loop.stopped_early, "train_seconds": loop.seconds,
+                    "resumed": run.resumed, "trained_tokens": loop.tokens,
+                    "wall_seconds": elapsed(started)})
+    every.on_end(metrics)
+    result = register_run(registry, run, model, name=cfg.name, method="sft", start=start,
+                          loaded=loaded, splits=splits, config=config, metrics=metrics,
+                          lineage={"history": loop.history[-20:], **lineage},
+                          description=cfg.description, tags=cfg.tags,
+                          output_dir=output_dir)
+    tracker.finish("succeeded", result.ref)
+    return result

@@ -19,7 +19,9 @@ from training import runs
 from training.api import evaluate_adapter, too_long_check
 from training.data import Row
 from training.evaluation import detect_task, exact_match, preference_accuracy
+from training.hooks import HookList, LoopHooks, trl_callback
 from training.lora import LoraOptions, TrainingConfigError
+from training.tracking import Tracker
 
 __all__ = ["PreferenceConfig", "train_preference"]
 
@@ -77,9 +79,12 @@ def _trl_metrics(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def train_preference(cfg: PreferenceConfig, registry=None, *, runs_dir: Path,
-                     output_dir: Path | None = None, max_rank: int = 64) -> runs.TrainResult:
-    """DPO (`prompt`/`chosen`/`rejected`) or KTO (`prompt`/`completion`/`label`) into a version."""
-    from datasets import Dataset as HFDataset
+                     output_dir: Path | None = None, max_rank: int = 64,
+                     hooks: LoopHooks | None = None, run_id: str | None = None,
+                     mlflow_uri: str | None = None,
+                     lineage: dict | None = None) -> runs.TrainResult:
+    """DPO (`prompt`/`chosen`/`rejected`) or KTO (`prompt`/`completion`/`label`) into a
+    version; tracked and hooked like `train_sft`."""
     from transformers import AutoTokenizer
 
     if cfg.method not in METHODS:
@@ -103,54 +108,74 @@ def train_preference(cfg: PreferenceConfig, registry=None, *, runs_dir: Path,
     config = {**cfg.as_dict(), "task": task}
 
     with runs.RunDir(runs_dir / cfg.name, config) as run:
-        loaded, model = runs.start_adapter(start, cfg.base, cfg.lora, device=cfg.device,
-                                           seed=cfg.seed)
-        tok, device = loaded.tokenizer, loaded.device
+        tracker = Tracker(runs_dir, cfg.name, cfg.method, config, run_id=run_id,
+                          mlflow_uri=mlflow_uri)
+        every = HookList([tracker, *([hooks] if hooks else [])])
+        try:
+            result = _run(cfg, registry, run, start, splits, task, config, every, started,
+                          output_dir, lineage or {})
+            tracker.finish("succeeded", result.ref)
+        finally:
+            every.close()
+        return result
 
-        before: dict[str, Any] = {}
-        em = exact_match(model, tok, splits.test, task=task, device=device, limit=cfg.eval_limit)
-        if em is not None:
-            before["exact_match"] = round(em["accuracy"], 4)
-        if cfg.method == "dpo":
-            before["preference_accuracy"] = preference_accuracy(model, tok, splits.test, device=device)
 
-        trainer = _trainer(cfg, model, tok, run.path, HFDataset, splits, loaded.quantized)
-        # Its log lines go to stdout, where `--json` output must stand alone.
-        from transformers.trainer_callback import PrinterCallback
+def _run(cfg: PreferenceConfig, registry, run, start, splits, task, config, every: HookList,
+         started: float, output_dir: Path | None, lineage: dict) -> runs.TrainResult:
+    from datasets import Dataset as HFDataset
 
-        trainer.remove_callback(PrinterCallback)
-        before.update(_trl_metrics(trainer.evaluate()))
-        trainer.train()
-        after = _trl_metrics(trainer.evaluate())
-        model = trainer.model
-        model.set_adapter("default")
+    loaded, model = runs.start_adapter(start, cfg.base, cfg.lora, device=cfg.device,
+                                       seed=cfg.seed)
+    tok, device = loaded.tokenizer, loaded.device
 
-        metrics: dict[str, Any] = {"method": cfg.method, "task": task}
-        metrics.update(evaluate_adapter(
-            model, tok, splits, task=task, evaluator=cfg.evaluator, general=None, device=device,
-            eval_limit=cfg.eval_limit, copy_eval=cfg.copy_eval, seed=cfg.seed, compare="none"))
-        start_label = "parent" if start.parent else "base"
-        if "exact_match" in before:
-            metrics[f"{start_label}_exact_match"] = before["exact_match"]
-        if cfg.method == "dpo":
-            metrics["preference_accuracy"] = preference_accuracy(model, tok, splits.test,
-                                                                 device=device)
-            metrics[f"{start_label}_preference_accuracy"] = before["preference_accuracy"]
-        metrics["trl_before"] = {k: v for k, v in before.items()
-                                 if k not in ("exact_match", "preference_accuracy")}
-        metrics["trl_after"] = after
-        if "rewards/accuracies" in after:
-            metrics["trl_preference_accuracy"] = after["rewards/accuracies"]
-            metrics["trl_preference_accuracy_before"] = before.get("rewards/accuracies")
-        losses = [h["train_loss"] for h in trainer.state.log_history if "train_loss" in h]
-        metrics["train_loss"] = round(float(losses[-1]), 6) if losses else None
-        metrics["steps"] = trainer.state.global_step
-        metrics["wall_seconds"] = runs.elapsed(started)
+    before: dict[str, Any] = {}
+    em = exact_match(model, tok, splits.test, task=task, device=device, limit=cfg.eval_limit)
+    if em is not None:
+        before["exact_match"] = round(em["accuracy"], 4)
+    if cfg.method == "dpo":
+        before["preference_accuracy"] = preference_accuracy(model, tok, splits.test, device=device)
 
-        return runs.register_run(registry, run, model, name=cfg.name, method=cfg.method,
-                                 start=start, loaded=loaded, splits=splits, config=config,
-                                 metrics=metrics, description=cfg.description, tags=cfg.tags,
-                                 output_dir=output_dir)
+    trainer = _trainer(cfg, model, tok, run.path, HFDataset, splits, loaded.quantized)
+    # Its log lines go to stdout, where `--json` output must stand alone.
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(trl_callback(every))
+    before.update(_trl_metrics(trainer.evaluate()))
+    trainer.train()
+    after = _trl_metrics(trainer.evaluate())
+    model = trainer.model
+    model.set_adapter("default")
+
+    metrics: dict[str, Any] = {"method": cfg.method, "task": task}
+    metrics.update(evaluate_adapter(
+        model, tok, splits, task=task, evaluator=cfg.evaluator, general=None, device=device,
+        eval_limit=cfg.eval_limit, copy_eval=cfg.copy_eval, seed=cfg.seed, compare="none"))
+    start_label = "parent" if start.parent else "base"
+    if "exact_match" in before:
+        metrics[f"{start_label}_exact_match"] = before["exact_match"]
+    if cfg.method == "dpo":
+        metrics["preference_accuracy"] = preference_accuracy(model, tok, splits.test,
+                                                             device=device)
+        metrics[f"{start_label}_preference_accuracy"] = before["preference_accuracy"]
+    metrics["trl_before"] = {k: v for k, v in before.items()
+                             if k not in ("exact_match", "preference_accuracy")}
+    metrics["trl_after"] = after
+    if "rewards/accuracies" in after:
+        metrics["trl_preference_accuracy"] = after["rewards/accuracies"]
+        metrics["trl_preference_accuracy_before"] = before.get("rewards/accuracies")
+    losses = [h["train_loss"] for h in trainer.state.log_history if "train_loss" in h]
+    metrics["train_loss"] = round(float(losses[-1]), 6) if losses else None
+    metrics["steps"] = trainer.state.global_step
+    metrics["trained_tokens"] = int(trainer.state.num_input_tokens_seen or 0) or None
+    metrics["wall_seconds"] = runs.elapsed(started)
+    every.on_end(metrics)
+
+    return runs.register_run(registry, run, model, name=cfg.name, method=cfg.method,
+                             start=start, loaded=loaded, splits=splits, config=config,
+                             metrics=metrics, lineage=lineage,
+                             description=cfg.description, tags=cfg.tags,
+                             output_dir=output_dir)
 
 
 def _trainer(cfg: PreferenceConfig, model, tokenizer, run_path: Path, hf_dataset, splits,

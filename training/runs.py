@@ -38,6 +38,7 @@ from training.lora import (
     check_servable,
     load_base_for_training,
 )
+from training.tracking import TRACKING_DIR
 
 __all__ = [
     "RunDir",
@@ -195,25 +196,27 @@ class RunDir:
 
     def __enter__(self) -> RunDir:
         cfg_file = self.path / "config.json"
-        if self.path.exists():
-            old = json.loads(cfg_file.read_text()) if cfg_file.exists() else None
-            if self.resume and old is not None and old != _jsonable(self.config):
+        if cfg_file.exists():
+            old = json.loads(cfg_file.read_text())
+            if self.resume and old != _jsonable(self.config):
                 raise TrainingConfigError(
                     f"--resume: the run in {self.path} was started with a different configuration; "
                     "run again without --resume to start over")
-            if self.resume and old is not None:
+            if self.resume:
                 self.resumed = True
             else:
-                shutil.rmtree(self.path)
+                _clear(self.path)
         elif self.resume:
             raise TrainingConfigError(f"--resume: no interrupted run in {self.path}")
+        elif self.path.exists():
+            _clear(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
         cfg_file.write_text(json.dumps(_jsonable(self.config), indent=1, sort_keys=True))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            shutil.rmtree(self.path, ignore_errors=True)
+            _clear(self.path)
         else:
             # Keep the checkpoint to resume from; drop anything that looks like an output.
             shutil.rmtree(self.path / "adapter", ignore_errors=True)
@@ -221,6 +224,18 @@ class RunDir:
     @property
     def adapter_dir(self) -> Path:
         return self.path / "adapter"
+
+
+def _clear(path: Path) -> None:
+    """Everything of a run directory but its tracking logs (training/tracking.py), which
+    outlive the run."""
+    for child in path.iterdir():
+        if child.name == TRACKING_DIR:
+            continue
+        if child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 def _jsonable(value: Any) -> Any:

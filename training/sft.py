@@ -22,6 +22,7 @@ import torch
 from training.data import Row
 from training.encoding import collate, encode_row
 from training.evaluation import loss_and_perplexity
+from training.hooks import LoopHooks
 from training.schedule import warmup_cosine
 
 __all__ = ["LoopOptions", "LoopResult", "lora_state", "run_sft_loop"]
@@ -54,6 +55,7 @@ class LoopResult:
     train_loss: float
     seconds: float
     history: list[dict] = field(default_factory=list)
+    tokens: int = 0  # tokens trained on (padding excluded), every epoch counted
 
 
 def lora_state(model) -> dict[str, torch.Tensor]:
@@ -69,7 +71,8 @@ def _load_state(model, state: dict[str, torch.Tensor]) -> None:
 
 
 def run_sft_loop(model, tokenizer, train: Sequence[Row], val: Sequence[Row], opts: LoopOptions,
-                 *, run_dir: Path | None = None, device: str = "cpu") -> LoopResult:
+                 *, run_dir: Path | None = None, device: str = "cpu",
+                 hooks: LoopHooks | None = None) -> LoopResult:
     """Train the adapter weights in place; on return they hold the best validation checkpoint."""
     from tqdm import tqdm
 
@@ -83,8 +86,9 @@ def run_sft_loop(model, tokenizer, train: Sequence[Row], val: Sequence[Row], opt
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=opts.lr, betas=(0.9, 0.98), weight_decay=opts.weight_decay)
 
+    hooks = hooks or LoopHooks()
     state = {"step": 0, "best_val": None, "best_step": 0, "bad_evals": 0, "history": [],
-             "ema": None}
+             "ema": None, "tokens": 0}
     best = lora_state(model)
     ckpt = run_dir / CHECKPOINT if run_dir else None
     if run_dir is not None:
@@ -114,8 +118,9 @@ def run_sft_loop(model, tokenizer, train: Sequence[Row], val: Sequence[Row], opt
             cached_epoch, cached_order = epoch, order(epoch)
         picks = cached_order[pos * opts.batch_size : (pos + 1) * opts.batch_size]
         ids, labels, mask = collate([encoded[i] for i in picks], tokenizer.pad_token_id)
+        lr = warmup_cosine(step, total, warmup, opts.lr)
         for group in optim.param_groups:
-            group["lr"] = warmup_cosine(step, total, warmup, opts.lr)
+            group["lr"] = lr
         loss = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                      labels=labels.to(device)).loss
         optim.zero_grad(set_to_none=True)
@@ -125,6 +130,8 @@ def run_sft_loop(model, tokenizer, train: Sequence[Row], val: Sequence[Row], opt
         value = loss.item()
         state["ema"] = value if state["ema"] is None else 0.9 * state["ema"] + 0.1 * value
         state["step"] = step + 1
+        state["tokens"] = state.get("tokens", 0) + int(mask.sum())
+        hooks.on_step(state["step"], total, value, lr)
         bar.update(1)
         bar.set_postfix(loss=f"{state['ema']:.4f}", epoch=epoch + 1)
         if state["step"] % eval_every == 0 or state["step"] == total:
@@ -145,6 +152,7 @@ def run_sft_loop(model, tokenizer, train: Sequence[Row], val: Sequence[Row], opt
                             "torch_rng": torch.get_rng_state(), "best": best, "state": state}, tmp)
                 tmp.replace(ckpt)
                 (run_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
+            hooks.on_eval(state["step"], total, round(state["ema"], 6), val_loss)
             if opts.patience and state["bad_evals"] >= opts.patience:
                 stopped_early = True
                 break
@@ -153,4 +161,5 @@ def run_sft_loop(model, tokenizer, train: Sequence[Row], val: Sequence[Row], opt
     return LoopResult(steps=state["step"], best_step=state["best_step"],
                       best_val_loss=state["best_val"], stopped_early=stopped_early,
                       train_loss=round(state["ema"] or 0.0, 6),
-                      seconds=round(time.monotonic() - started, 2), history=state["history"])
+                      seconds=round(time.monotonic() - started, 2), history=state["history"],
+                      tokens=state.get("tokens", 0))

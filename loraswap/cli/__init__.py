@@ -61,10 +61,12 @@ def _register_commands() -> None:
     for module in (keys, serve, status):
         cli.add_command(module.command)
     cli.add_command(status.scale_command)
-    from loraswap.cli import demo, train  # training/
+    from loraswap.cli import demo, train, worker  # training/
 
     cli.add_command(train.command)
     cli.add_command(demo.command)
+    cli.add_command(worker.command)
+    cli.add_command(worker.runs_command)
 
 
 _register_commands()

@@ -18,9 +18,10 @@ def command() -> None:
 
 @command.command("create")
 @click.argument("name")
-@click.option("--scope", type=click.Choice(["inference", "analyst", "admin"]), default="inference",
-              show_default=True,
-              help="inference: /v1; analyst: read experiments and results only; admin: everything.")
+@click.option("--scope", type=click.Choice(["inference", "analyst", "fine-tune", "admin"]),
+              default="inference", show_default=True,
+              help="inference: /v1; analyst: read experiments and results only; fine-tune: "
+              "/v1 plus its own files and fine-tuning jobs; admin: everything.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_settings
 def create(settings: Settings, name: str, scope: str, as_json: bool) -> None:

@@ -84,16 +84,26 @@ def command(settings: Settings, demo: bool, engine_arg: tuple[str, ...],
     if not (settings.base_model_dir / "config.json").exists():
         hint = "run `loraswap base build` first" if settings.uses_embedded_base else ""
         fail(f"no base model at {settings.base_model_dir} {hint}".strip())
-    if settings.max_cpu_loras < settings.max_loras:
+    if settings.max_loras is not None and settings.max_cpu_loras < settings.max_loras:
         fail(f"max_cpu_loras ({settings.max_cpu_loras}) must be >= max_loras "
              f"({settings.max_loras})")
     if demo:
         for ref in register_demo_adapters(settings):
             click.echo(f"registered demo adapter {ref}", err=True)
-    if settings.replicas is not None or settings.max_replicas is not None:
-        from loraswap.scale_out import serve_on_ray
+    from loraswap.finetune_worker import WorkerSupervisor
 
-        raise SystemExit(serve_on_ray(settings))
-    from loraswap.wiring import serve
+    # Fine-tuning jobs train in the worker, not here.
+    worker = WorkerSupervisor(settings).start() if settings.finetune_worker else None
+    try:
+        if settings.replicas is not None or settings.max_replicas is not None:
+            from loraswap.scale_out import serve_on_ray
 
-    raise SystemExit(serve(settings))
+            code = serve_on_ray(settings)
+        else:
+            from loraswap.wiring import serve
+
+            code = serve(settings)
+    finally:
+        if worker is not None:
+            worker.stop()
+    raise SystemExit(code)

@@ -104,7 +104,7 @@ def test_replace_validates_and_does_not_reread_the_environment(
     assert settings.model_id == "llama" and not settings.uses_embedded_base
     monkeypatch.setenv("LORASWAP_MAX_LORAS", "7")  # read by from_env, not by replace
     changed = settings.replace(port="9000", base_model_name="bot")
-    assert (changed.port, changed.model_id, changed.max_loras) == (9000, "bot", 4)
+    assert (changed.port, changed.model_id, changed.max_loras) == (9000, "bot", None)  # None: auto
     assert settings.port == 8000  # frozen: replace made a copy
     with pytest.raises(SettingsError, match="port='x' is not an integer"):
         settings.replace(port="x")

@@ -31,8 +31,8 @@ EOS = 2
 
 @pytest.fixture(scope="module")
 def cluster(embedded_base: Path, tmp_path_factory: pytest.TempPathFactory):
-    env = {"LORASWAP_MAX_LORA_RANK": "8", "LORASWAP_MAX_LORAS": "2",
-           "LORASWAP_MAX_CPU_LORAS": "8", "LORASWAP_KV_CACHE_GIB": "1",
+    # max_loras left to auto (server/lora_slots.py): max_cpu_loras bounds it here.
+    env = {"LORASWAP_MAX_LORA_RANK": "8", "LORASWAP_MAX_CPU_LORAS": "8", "LORASWAP_KV_CACHE_GIB": "1",
            "LORASWAP_LOG_ALL_REQUESTS": "1", "LORASWAP_MAX_MODEL_LEN": "256",
            # Ray reserves CPUs per replica: half a core each lets 2 cores hold the third
            # replica the scaling test asks for (each engine still binds one thread).
@@ -88,6 +88,10 @@ def test_two_replicas_serve_the_base_and_five_adapters_as_transformers_does(
     assert len(view) == 2 and len({r["pid"] for r in view}) == 2
     assert all(r["running"] for r in view)
     assert {ref for r in view for ref in r["loaded"]} == {f"{n}@1" for n in names}
+    # Six models at once on each replica: auto gave every cached adapter a slot.
+    engine = httpx.get(cluster.url + "/admin/engine", timeout=30).json()
+    assert (engine["max_loras"], engine["max_loras_reason"]) == (
+        8, "auto, bounded by max_cpu_loras")
 
 
 def test_requests_go_to_a_replica_that_holds_their_adapter(cluster, names):

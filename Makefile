@@ -24,12 +24,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 ifeq ($(GPU),1)
-	$(PY) -m pip install --quiet -e ".[cuda,train,dev]"
+	$(PY) -m pip install --quiet -e ".[cuda,train,mlflow,dev]"
 else
 	$(PY) -m pip install --quiet "torch==2.13.0+cpu" 2>/dev/null || \
 	  { echo "torch 2.13.0+cpu not found locally; using PyTorch's CPU index"; \
 	    $(PY) -m pip install --quiet --index-url $(TORCH_CPU_INDEX) "torch==2.13.0+cpu"; }
-	$(PY) -m pip install --quiet -e ".[cpu,train,dev]"
+	$(PY) -m pip install --quiet -e ".[cpu,train,mlflow,dev]"
 	$(PY) -m pip uninstall --yes --quiet $(BROKEN_EXTRAS)
 endif
 	$(PY) -c "import transformers, peft, vllm; from transformers import LlamaConfig; print('environment ok: vllm', vllm.__version__, 'transformers', transformers.__version__)"

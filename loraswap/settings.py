@@ -167,6 +167,11 @@ class Settings(BaseSettings):
                                   "accepts, in MiB.")
     max_file_mib: int = setting(512, ge=1, help="Largest file `/v1/files` accepts (training "
                                 "data for fine-tuning jobs), in MiB.")
+    max_merge_parents: int = setting(4, ge=1, le=16, help="Most adapters one merge (or one "
+                                     "per-request mixture) may combine.")
+    mixture_timeout: float = setting(60.0, gt=0, help="Seconds a request with "
+                                     "`merged_adapters` waits for its mixture to be merged the "
+                                     "first time (then a retryable 503; the merge goes on).")
     finetune_worker: bool = setting(
         True, help="Run fine-tuning jobs in a worker process the server starts (one job at a "
         "time); off: jobs wait for a `loraswap worker` started on its own.")

@@ -119,7 +119,75 @@ def build_app(settings: Settings, *, config: ServerConfig | None = None,
                       registry=registry, router=router,
                       keys=keys if keys is not None else open_keys(settings),
                       residency_class=residency_class or Residency,
-                      fine_tuning=open_fine_tuning(settings, registry, config.model_id))
+                      fine_tuning=open_fine_tuning(settings, registry, config.model_id),
+                      make_mixture=mixture_maker(settings, registry),
+                      composer=Composer(settings, registry))
+
+
+class Composer:
+    """The admin API's merges and exports (training/merge.py, training/export.py), with
+    their refusals as the server's 400s."""
+
+    def __init__(self, settings: Settings, registry: Any) -> None:
+        self.settings, self.registry = settings, registry
+
+    def merge(self, body: Any):
+        from adapters import RegistryError
+        from server.errors import InvalidRequest
+        from training.merge import MergeRefused, MergeSpec, merge_into_registry
+
+        spec = MergeSpec(tuple((p.ref, p.weight) for p in body.parents), body.method,
+                         body.density, body.majority_sign_method, body.svd_rank, body.seed)
+        try:
+            return merge_into_registry(self.registry, body.name, spec,
+                                       max_parents=self.settings.max_merge_parents,
+                                       evaluate=body.evaluate, description=body.description)
+        except MergeRefused as exc:
+            raise InvalidRequest(str(exc), param=exc.param, code="merge_refused") from None
+        except RegistryError:
+            raise  # the error table names it
+
+    def export(self, ref: str, dtype: str, out: Path) -> str:
+        from training.export import export_merged
+
+        version = self.registry.get(ref, verify=True)
+        export_merged(self.settings.base_model_dir, version, out, dtype=dtype)
+        return f"{version.name}-{version.version}-merged"
+
+
+def mixture_maker(settings: Settings, registry: Any):
+    """The server's way to make a `merged_adapters` mixture's version (training/merge.py,
+    which server/ cannot import): find it by content hash, else merge and register it."""
+    from server.errors import InvalidRequest
+    from server.mixtures import MIXTURE_TAG
+
+    def make(spec) -> str:
+        from adapters import AdapterNotFound, RegistryError
+        from training.merge import MergeRefused, MergeSpec, merge_into_registry, parent_infos
+        from training.merge import spec_hash as content_hash
+
+        merge = MergeSpec(spec.parents, spec.method, spec.density, spec.majority_sign)
+        try:
+            parents = parent_infos(registry, [r for r, _ in spec.parents])
+            pinned = MergeSpec(tuple((p.ref, w) for p, (_, w) in
+                                     zip(parents, spec.parents, strict=True)),
+                               merge.method, merge.density, merge.majority_sign)
+            name = "mix-" + content_hash(pinned, parents)[:16]
+            try:
+                return registry.get(name).ref
+            except AdapterNotFound:
+                pass
+            return merge_into_registry(registry, name, pinned,
+                                       max_parents=settings.max_merge_parents,
+                                       tags=[MIXTURE_TAG]).ref
+        except MergeRefused as exc:
+            raise InvalidRequest(f"merged_adapters refused [{exc.rule}]: {exc.message}",
+                                 param="merged_adapters", code="invalid_mixture") from None
+        except RegistryError as exc:
+            raise InvalidRequest(f"merged_adapters refused: {exc}", param="merged_adapters",
+                                 code="invalid_mixture") from None
+
+    return make
 
 
 def validate_training_file(path: Path, kind: str, param: str) -> int:

@@ -22,7 +22,13 @@ from fastapi.responses import JSONResponse, Response
 
 from adapters import Registry
 from router import Router
-from server import routes_aliases, routes_experiments, routes_feedback, routes_finetune
+from server import (
+    routes_aliases,
+    routes_compose,
+    routes_experiments,
+    routes_feedback,
+    routes_finetune,
+)
 from server.auth import KeyStore
 from server.auth_deps import require_experiment_access, require_inference
 from server.catalog import ModelCatalog
@@ -30,6 +36,7 @@ from server.config import ServerConfig
 from server.engine import EngineUnavailable
 from server.errors import NotReady, PayloadTooLarge, install_error_handlers, to_response
 from server.metrics import Metrics
+from server.mixtures import Mixtures
 from server.openai_requests import LIMITS
 from server.reconcile import Reconciler
 from server.residency import Residency
@@ -119,7 +126,8 @@ def _load_tokenizer(config: ServerConfig):
 
 def create_app(config: ServerConfig, *, engine, registry: Registry, router: Router,
                keys: KeyStore, tokenizer=None, metrics: Metrics | None = None,
-               residency_class=Residency, fine_tuning=None) -> FastAPI:
+               residency_class=Residency, fine_tuning=None,
+               make_mixture=None, composer=None) -> FastAPI:
     """The app over ready-made parts; `engine` is a `server.engine.Engine` or a stand-in with
     the same methods (`server.engine_remote.RemoteEngine` for engine replicas, with
     `residency_class` its ClusterResidency). The app owns the parts from here: its shutdown
@@ -141,9 +149,13 @@ def create_app(config: ServerConfig, *, engine, registry: Registry, router: Rout
         tok = tokenizer if tokenizer is not None else _load_tokenizer(config)
         state.residency, state.models = residency, models
         serving = (models, residency, engine, tok, metrics, config.max_model_len, config.max_n)
-        state.chat = ServingChat(*serving, request_log=router.log_request,
+        mixtures = None if make_mixture is None else Mixtures(
+            make_mixture, base_id=config.model_id, timeout=config.mixture_timeout,
+            refresh=catalog.refresh)
+        state.chat = ServingChat(*serving, request_log=router.log_request, mixtures=mixtures,
                                  tool_call_parser=config.tool_call_parser)
-        state.completions = ServingCompletions(*serving, request_log=router.log_request)
+        state.completions = ServingCompletions(*serving, request_log=router.log_request,
+                                               mixtures=mixtures)
         if config.eager_load:
             await _load_all(residency, catalog)
         reconcile = asyncio.create_task(reconciler.run(config.reconcile_interval))
@@ -174,6 +186,7 @@ def create_app(config: ServerConfig, *, engine, registry: Registry, router: Rout
     state.config, state.metrics, state.keys = config, metrics, keys
     state.engine, state.registry, state.router, state.catalog = engine, registry, router, catalog
     state.fine_tuning = fine_tuning  # server/serving_finetune.py; None: those routes 404
+    state.composer = composer  # server/routes_compose.py; None: those routes 404
     if fine_tuning is not None:
         fine_tuning.bind_models(lambda name: name in router.aliases(),
                                 lambda: (catalog.refresh(), router.refresh()))
@@ -191,6 +204,7 @@ def create_app(config: ServerConfig, *, engine, registry: Registry, router: Rout
     app.include_router(routes_aliases.api, dependencies=[Depends(require_experiment_access)])
     app.include_router(routes_feedback.api, dependencies=[Depends(require_inference)])
     app.include_router(routes_finetune.api)
+    app.include_router(routes_compose.api)
 
     @app.get("/health")
     async def health(request: Request):

@@ -39,4 +39,6 @@ class ServerConfig:
     engine_dead_exit_delay: float
     # vLLM's tool-call parser for tool_choice="auto"; "" refuses auto (server/engine_tools.py).
     tool_call_parser: str
+    # Seconds a request waits for its merged_adapters mixture to be merged (then a 503).
+    mixture_timeout: float
     settings_summary: str  # printed at start-up

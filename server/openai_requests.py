@@ -144,6 +144,28 @@ class NamedToolChoice(BaseModel):
     function: FunctionName
 
 
+class MergedAdapters(BaseModel):
+    """A per-request mixture, in LoRAX's `merged_adapters` shape: served as one merged
+    adapter version, made once and cached by content (server/mixtures.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    ids: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        min_length=1, max_length=16)
+    weights: list[Annotated[float, Field(allow_inf_nan=True)]] = Field(min_length=1,
+                                                                        max_length=16)
+    merge_strategy: Literal["linear", "cat", "ties", "dare_linear", "dare_ties", "svd"] = \
+        "linear"
+    density: float | None = None
+    majority_sign_method: Literal["total", "frequency"] = "total"
+
+    @model_validator(mode="after")
+    def _same_length(self) -> MergedAdapters:
+        if len(self.ids) != len(self.weights):
+            raise PydanticCustomError("merged_adapters", "merged_adapters: ids and weights "
+                                      "must have the same length")
+        return self
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -196,6 +218,8 @@ class _SamplingFields(_Request):
     return_token_ids: StrictBool = False  # each choice also carries its generated token ids
     min_tokens: StrictInt = Field(default=0, ge=0, le=1_000_000)
     ignore_eos: StrictBool = False
+    # LoRAX's extension: with it, `model` names the base and the mixture is served
+    merged_adapters: MergedAdapters | None = None
 
     def stop_list(self) -> list[str]:
         if self.stop is None:

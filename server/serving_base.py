@@ -23,6 +23,7 @@ from router import RequestRecord, RouteContext
 from server.engine import ChoiceDelta, EngineOutput, GenParams, TokenLogprob
 from server.errors import ClientDisconnected, InvalidRequest, describe
 from server.metrics import Metrics
+from server.mixtures import Mixtures
 from server.protocol import Usage
 from server.residency import Residency
 from server.serving_models import ServingModels, Target
@@ -128,8 +129,10 @@ class ServingBase:
 
     def __init__(self, models: ServingModels, residency: Residency, engine, tokenizer,
                  metrics: Metrics, max_model_len: int, max_n: int,
-                 request_log: Callable[[RequestRecord], bool] | None = None) -> None:
+                 request_log: Callable[[RequestRecord], bool] | None = None,
+                 mixtures: Mixtures | None = None) -> None:
         self.request_log = request_log
+        self.mixtures = mixtures
         self.models = models
         self.residency = residency
         self.engine = engine
@@ -137,6 +140,15 @@ class ServingBase:
         self.metrics = metrics
         self.max_model_len = max_model_len
         self.max_n = max_n
+
+    async def model_of(self, req) -> str:
+        """The model to resolve: the request's, or its `merged_adapters` mixture's version."""
+        if req.merged_adapters is None:
+            return req.model
+        if self.mixtures is None:
+            raise InvalidRequest("merged_adapters is not enabled on this server",
+                                 param="merged_adapters")
+        return await self.mixtures.model_for(req.model, req.merged_adapters)
 
     def target(self, model: str, user: str | None, meta: RequestMeta,
                metadata: Mapping[str, str] | None = None,

@@ -11,6 +11,7 @@ the run was and how it ended, for `loraswap runs list`.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,10 @@ class Tracker(LoopHooks):
         self.writer = SummaryWriter(log_dir=str(self.dir))
         self.mlflow = None
         if mlflow_uri:
+            if mlflow_uri.startswith("file:") or "://" not in mlflow_uri:
+                # MLflow 3 refuses its file store unless told it is wanted (the store still
+                # works; MLflow only stopped developing it). A directory is what we are given.
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             import mlflow
 
             mlflow.set_tracking_uri(mlflow_uri)

@@ -61,7 +61,10 @@ def _register_commands() -> None:
     for module in (keys, serve, status):
         cli.add_command(module.command)
     cli.add_command(status.scale_command)
-    from loraswap.cli import demo, train, worker  # training/
+    from loraswap.cli import compose, demo, train, worker  # training/
+
+    adapters.command.add_command(compose.merge_command)
+    cli.add_command(compose.export_command)
 
     cli.add_command(train.command)
     cli.add_command(demo.command)

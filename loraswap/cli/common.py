@@ -13,10 +13,22 @@ import click
 
 from loraswap.settings import Settings, SettingsError
 
-__all__ = ["exit_on", "fail", "pass_settings", "print_json", "print_table", "router_errors",
-           "router_session"]
+__all__ = ["exit_on", "fail", "pass_settings", "print_json", "print_table", "ref_weight",
+           "router_errors", "router_session"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def ref_weight(text: str, number: Callable[[str], Any], example: str) -> tuple[str, Any]:
+    """`REF=WEIGHT` (an experiment variant, a merge parent) as (ref, number(weight))."""
+    ref, sep, weight = text.rpartition("=")
+    if not sep or not ref:
+        raise click.BadParameter(f"{text!r}: expected REF=WEIGHT, e.g. {example}")
+    try:
+        return ref, number(weight)
+    except ValueError:
+        kind = "an integer" if number is int else "a number"
+        raise click.BadParameter(f"{text!r}: weight {weight!r} is not {kind}") from None
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -10,6 +10,7 @@ from loraswap.cli.common import (
     pass_settings,
     print_json,
     print_table,
+    ref_weight,
     router_errors,
     router_session,
 )
@@ -22,13 +23,7 @@ _errors = router_errors
 
 
 def _parse_variant(text: str) -> tuple[str, int]:
-    ref, sep, weight = text.rpartition("=")
-    if not sep or not ref:
-        raise click.BadParameter(f"{text!r}: expected REF=WEIGHT, e.g. support@3=50")
-    try:
-        return ref, int(weight)
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: weight {weight!r} is not an integer") from None
+    return ref_weight(text, int, "support@3=50")
 
 
 def _variants(values: tuple[str, ...]) -> list[tuple[str, int]]:

@@ -33,6 +33,17 @@ def _upper(n: int, seed: int = 0) -> bytes:
     return _jsonl(ex.row() for ex in make_examples("upper", "train", n, seed=seed))
 
 
+def _drain(parts) -> int:
+    """Run the queued jobs with a real worker on the app's data directory; how many ran."""
+    from loraswap.finetune_worker import Worker
+
+    worker = Worker(parts.extra["settings"])
+    try:
+        return worker.run(threading.Event(), once=True)
+    finally:
+        worker.close()
+
+
 @pytest.fixture
 def served(inprocess):
     parts = inprocess()
@@ -137,7 +148,6 @@ def test_a_queued_job_cancels_at_once_and_a_finished_one_cannot(served):
 
 def test_a_job_trains_registers_and_is_served_under_its_fine_tuned_name(served):
     parts, http = served
-    from loraswap.finetune_worker import Worker
 
     client = _client(http)
     train = client.files.create(file=("t.jsonl", io.BytesIO(_upper(24))), purpose="fine-tune")
@@ -148,11 +158,7 @@ def test_a_job_trains_registers_and_is_served_under_its_fine_tuned_name(served):
         hyperparameters={"n_epochs": 2, "batch_size": 8},
         extra_body={"loraswap": {"rank": 8, "eval_limit": 4}})
     assert job.status == "queued" and job.user_provided_suffix == "upper"
-    worker = Worker(parts.extra["settings"])
-    try:
-        assert worker.run(threading.Event(), once=True) == 1
-    finally:
-        worker.close()
+    assert _drain(parts) == 1
     done = client.fine_tuning.jobs.retrieve(job.id)
     assert done.status == "succeeded", done.error
     assert done.fine_tuned_model == f"ft:loraswap-base:upper:{job.id}"
@@ -178,3 +184,66 @@ def test_a_job_trains_registers_and_is_served_under_its_fine_tuned_name(served):
     chat = client.chat.completions.create(model=done.fine_tuned_model, max_tokens=16,
                                           messages=[{"role": "user", "content": "hi"}])
     assert chat.choices[0].message.content == "[upper@1]"  # the fake engine names the version
+
+
+def test_a_stopped_worker_requeues_its_job_and_the_next_one_resumes_it(served):
+    parts, http = served
+    from loraswap.finetune_worker import Worker
+
+    client = _client(http)
+    train = client.files.create(file=("t.jsonl", io.BytesIO(_upper(64))), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model="loraswap-base", training_file=train.id,
+                                         hyperparameters={"n_epochs": 6, "batch_size": 4},
+                                         extra_body={"loraswap": {"eval_limit": 2}})
+    stop = threading.Event()
+    worker = Worker(parts.extra["settings"])
+    thread = threading.Thread(target=worker.run, args=(stop,), kwargs={"poll_s": 0.1})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not [e for e in client.fine_tuning.jobs.list_events(job.id).data
+                   if e.type == "metrics"]:
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.1)
+        stop.set()  # what SIGTERM does
+        thread.join(timeout=60)
+    finally:
+        stop.set()
+        worker.close()
+    paused = client.fine_tuning.jobs.retrieve(job.id)
+    assert paused.status == "queued", paused
+    assert client.fine_tuning.jobs.list_events(job.id).data[0].message.startswith(
+        "The worker stopped")
+    assert _drain(parts) == 1
+    done = client.fine_tuning.jobs.retrieve(job.id)
+    assert done.status == "succeeded" and done.model_extra["loraswap"]["attempts"] == 2
+    steps = [e.data["step"] for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data
+             if e.type == "metrics"]
+    assert steps == sorted(set(steps), reverse=True)  # resumed: no evaluation step twice
+    assert parts.registry.get(done.model_extra["loraswap"]["ref"]).metrics["resumed"] is True
+
+
+def test_with_a_tracking_uri_a_job_also_logs_to_mlflow(inprocess, tmp_path):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+
+    store = f"file://{tmp_path / 'mlruns'}"
+    parts = inprocess(mlflow_tracking_uri=store)
+    with TestClient(parts.app) as http:
+        client = _client(http)
+        train = client.files.create(file=("t.jsonl", io.BytesIO(_upper(24))),
+                                    purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(model="loraswap-base", training_file=train.id,
+                                             suffix="tracked",
+                                             hyperparameters={"n_epochs": 1, "batch_size": 8},
+                                             extra_body={"loraswap": {"eval_limit": 2}})
+        assert _drain(parts) == 1
+        assert client.fine_tuning.jobs.retrieve(job.id).status == "succeeded"
+    mlflow.set_tracking_uri(store)
+    runs = MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name("loraswap-tracked").experiment_id])
+    assert [r.info.run_name for r in runs] == [job.id]
+    history = MlflowClient().get_metric_history(runs[0].info.run_id, "train_loss")
+    assert len(history) >= 2 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.params["method"] == "sft"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -46,6 +47,29 @@ def test_sft_upper_reaches_the_bar_and_records_everything(env, upper, open_regis
     assert f"exact_match: {m['exact_match']}" in shown.output
     assert f"dataset_fingerprint: {lineage['dataset_fingerprint']}" in shown.output
 
+
+
+def test_the_cli_run_is_tracked_in_tensorboard_and_listed(env, upper, open_registry):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with open_registry() as reg:
+        steps = reg.get("upper@1").metrics["steps"]
+    runs = sorted(Path(env["LORASWAP_HOME"], "runs", "upper", "tensorboard").iterdir())
+    assert runs, "no tracked run"
+    events = EventAccumulator(str(runs[0]))
+    events.Reload()
+    loss = [s.value for s in events.Scalars("train/loss")]
+    assert len(loss) == steps and sum(loss[-5:]) < sum(loss[:5]) / 2  # one point per step
+    assert events.Scalars("val/loss") and events.Scalars("eval/exact_match")[0].value >= 0.9
+    listed = run_cli_json(env, "runs", "list")
+    assert any(r["run_id"] == runs[0].name and r["ref"] == "upper@1"
+               and r["status"] == "succeeded" for r in listed), listed
+
+
+def run_cli_json(env, *args: str):
+    result = CliRunner().invoke(cli, [*args, "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
 
 def test_sft_upper_of_made_up_words_with_the_defaults(run_cli, tmp_path):
     """No word list answers these: the adapter has to have learnt each letter's capital. The

@@ -371,6 +371,8 @@ class Engine:
             self.lora_kernels = install_cpu_lora_ops()  # and here, for an in-process core
             log.info("CPU LoRA kernels on (server/lora_ops_cpu.py; --no-cpu-lora-kernels "
                      "uses vLLM's ops)")
+        else:
+            os.environ.pop(CPU_LORA_OPS_ENV, None)
         if cfg.max_loras is None:
             choice = choose_max_loras(
                 cfg.model, max_lora_rank=cfg.max_lora_rank, max_num_seqs=cfg.max_num_seqs,
@@ -379,8 +381,6 @@ class Engine:
             self.max_loras, self.slots_reason = choice.max_loras, f"auto, {choice.reason}"
             log.info("max_loras auto: %d slots of %.1f MiB (%s)", choice.max_loras,
                      choice.slot_mib, choice.reason)
-        else:
-            os.environ.pop(CPU_LORA_OPS_ENV, None)
         from vllm.config import StructuredOutputsConfig
 
         # JSON is decoded compact (no whitespace between tokens) and by llguidance: with

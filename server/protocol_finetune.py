@@ -4,7 +4,7 @@ field `loraswap` on job creation for the LoRA options OpenAI has no names for.""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -62,10 +62,12 @@ class FileDeleted(BaseModel):
 class Hyperparameters(_Strict):
     """`auto` (or absent) picks loraswap's default for the method."""
 
-    n_epochs: Auto | int | None = Field(default=None, ge=1, le=50)
-    batch_size: Auto | int | None = Field(default=None, ge=1, le=256)
-    learning_rate_multiplier: Auto | float | None = Field(default=None, gt=0, le=10)
-    beta: Auto | float | None = Field(default=None, gt=0, le=10, description="DPO only")
+    # The bounds sit on the number itself: on the union they would meet "auto" too.
+    n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] | None = None
+    batch_size: Auto | Annotated[int, Field(ge=1, le=256)] | None = None
+    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=10)] | None = None
+    beta: Auto | Annotated[float, Field(gt=0, le=10)] | None = Field(
+        default=None, description="DPO only")
 
 
 class _MethodHyper(_Strict):

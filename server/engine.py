@@ -352,17 +352,11 @@ class Engine:
     def guard_active(self) -> bool:
         return self._zero is not None
 
-    async def start(self) -> None:
-        """Start the engine core (a child process). Call from a running event loop."""
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(self.config.kv_cache_gib))))
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.lora.request import LoRARequest
-        from vllm.platforms import current_platform
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        started = time.monotonic()
+    def prepare_lora(self, is_cpu: bool) -> None:
+        """Decide, before vLLM starts, whether our CPU LoRA kernels run (the environment the
+        engine's processes read) and how many LoRA slots the engine gets."""
         cfg = self.config
-        self.is_cpu = current_platform.is_cpu()
+        self.is_cpu = is_cpu
         why_not = _plugin_reaches_workers() if self.is_cpu and cfg.cpu_lora_kernels else None
         if why_not:
             log.warning("CPU LoRA kernels off: %s; using vLLM's own LoRA ops", why_not)
@@ -381,6 +375,18 @@ class Engine:
             self.max_loras, self.slots_reason = choice.max_loras, f"auto, {choice.reason}"
             log.info("max_loras auto: %d slots of %.1f MiB (%s)", choice.max_loras,
                      choice.slot_mib, choice.reason)
+
+    async def start(self) -> None:
+        """Start the engine core (a child process). Call from a running event loop."""
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(self.config.kv_cache_gib))))
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.lora.request import LoRARequest
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        started = time.monotonic()
+        cfg = self.config
+        self.prepare_lora(current_platform.is_cpu())
         from vllm.config import StructuredOutputsConfig
 
         # JSON is decoded compact (no whitespace between tokens) and by llguidance: with

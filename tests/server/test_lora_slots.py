@@ -78,3 +78,31 @@ def test_a_gpu_half_precision_checkpoint_fits_twice_the_slots(tmp_path: Path) ->
 def test_kernels_that_compute_every_slot_keep_the_fixed_default(tmp_path: Path) -> None:
     choice = _choose(tmp_path, idle_slots_free=False)
     assert choice.max_loras == FIXED_DEFAULT and "every slot" in choice.reason
+
+
+@pytest.mark.parametrize(("max_loras", "kernels", "want_env", "want_slots"), [
+    (4, True, True, 4),       # an explicit count keeps the kernels on (a bug once turned them off)
+    (None, True, True, 8),    # auto: bounded by max_cpu_loras here
+    (None, False, False, 4),  # vLLM's own ops: every slot costs compute, the fixed default
+])
+def test_the_engine_decides_kernels_and_slots_before_vllm_starts(
+        tmp_path: Path, monkeypatch, max_loras, kernels, want_env, want_slots) -> None:
+    import os
+
+    from server import engine as engine_module
+    from server.engine import CPU_LORA_OPS_ENV, Engine, EngineConfig
+
+    (tmp_path / "config.json").write_text(json.dumps(_llama_config()))
+    monkeypatch.setattr(engine_module, "install_cpu_lora_ops", lambda: True)
+    monkeypatch.setattr(engine_module, "_plugin_reaches_workers", lambda: None)
+    monkeypatch.delenv(CPU_LORA_OPS_ENV, raising=False)
+    cfg = EngineConfig(model=tmp_path, max_loras=max_loras, lora_slots_gib=1.0,
+                       max_lora_rank=RANK, max_cpu_loras=8, max_model_len=256, max_num_seqs=64,
+                       kv_cache_gib=1.0, cpu_base_guard=True, cpu_lora_kernels=kernels,
+                       tensor_parallel_size=1, gpu_memory_utilization=0.9, dtype="auto",
+                       quantization=None, enable_prefix_caching=True,
+                       max_num_batched_tokens=None, enforce_eager=False, engine_extra={})
+    engine = Engine(cfg)
+    engine.prepare_lora(is_cpu=True)
+    assert (os.environ.get(CPU_LORA_OPS_ENV) == "1") is want_env
+    assert engine.lora_kernels is kernels and engine.max_loras == want_slots

@@ -25,7 +25,7 @@ import time
 import traceback
 from pathlib import Path
 
-from finetune import Caller, FileStore, Job, JobStore, open_stores
+from finetune import Caller, Job, JobStore, open_stores
 from loraswap.settings import Settings
 from training.hooks import LoopHooks
 
@@ -268,9 +268,8 @@ class Worker:
         writer.writeheader()
         writer.writerows(rows)
         data = io.BytesIO(out.getvalue().encode())
-        record = FileStore.create(self.files, Caller(job.owner, admin=False),
-                                  purpose="fine-tune-results", filename="step_metrics.csv",
-                                  read=data.read, internal=True)
+        record = self.files.create(Caller(job.owner, admin=False), purpose="fine-tune-results",
+                                   filename="step_metrics.csv", read=data.read, internal=True)
         return record.id
 
 

@@ -163,21 +163,18 @@ def mixture_maker(settings: Settings, registry: Any):
 
     def make(spec) -> str:
         from adapters import AdapterNotFound, RegistryError
-        from training.merge import MergeRefused, MergeSpec, merge_into_registry, parent_infos
+        from training.merge import MergeRefused, MergeSpec, merge_into_registry, pinned
         from training.merge import spec_hash as content_hash
 
-        merge = MergeSpec(spec.parents, spec.method, spec.density, spec.majority_sign)
         try:
-            parents = parent_infos(registry, [r for r, _ in spec.parents])
-            pinned = MergeSpec(tuple((p.ref, w) for p, (_, w) in
-                                     zip(parents, spec.parents, strict=True)),
-                               merge.method, merge.density, merge.majority_sign)
-            name = "mix-" + content_hash(pinned, parents)[:16]
+            merge, parents = pinned(registry, MergeSpec(spec.parents, spec.method,
+                                                        spec.density, spec.majority_sign))
+            name = "mix-" + content_hash(merge, parents)[:16]
             try:
                 return registry.get(name).ref
             except AdapterNotFound:
                 pass
-            return merge_into_registry(registry, name, pinned,
+            return merge_into_registry(registry, name, merge,
                                        max_parents=settings.max_merge_parents,
                                        tags=[MIXTURE_TAG]).ref
         except MergeRefused as exc:

@@ -20,7 +20,7 @@ from server.protocol_finetune import (
     JobList,
     JobView,
 )
-from server.serving_finetune import FineTuning
+from server.serving_finetune import FineTuning, file_view
 
 __all__ = ["api"]
 
@@ -64,8 +64,6 @@ async def list_files(request: Request, purpose: str | None = None, after: str | 
 
 @api.get("/files/{file_id}", response_model=FileView)
 async def retrieve_file(request: Request, file_id: str) -> FileView:
-    from server.serving_finetune import file_view
-
     return file_view(await _service(request).file(_caller(request), file_id))
 
 

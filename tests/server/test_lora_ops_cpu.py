@@ -194,3 +194,70 @@ def test_fused_path_computes_only_the_slots_a_batch_uses() -> None:
         methods["add_lora_linear"](wrapper, got, x, a_slices, b_slices, 0.25, widths)
         _close(got, want)
         assert wrapper._loraswap_plan.key == tuple(sorted({i for i in batch if i >= 0}))
+
+
+@pytest.mark.parametrize("slots,tokens", [(1, 5), (4, 33), (64, 32), (64, 300), (256, 40)])
+def test_segmented_path_matches_reference_for_random_batches(slots: int, tokens: int) -> None:
+    """Random segment sizes (one token, most of the batch), tokens without an adapter,
+    tokens of one adapter scattered through the batch, from 1 to 256 slots."""
+    g = torch.Generator().manual_seed(slots * 7 + tokens)
+    hidden, widths = 40, (24, 8, 8)
+    a_slices = tuple(torch.randn(slots, 1, RANK, hidden, generator=g) for _ in widths)
+    b_slices = tuple(torch.randn(slots, 1, w, RANK, generator=g) for w in widths)
+    methods = lora_ops_cpu.fused_wrapper_methods(_Wrapper.stock_update, _Wrapper.stock_linear)
+    for trial in range(4):
+        heavy = torch.randint(0, slots, (1,), generator=g)
+        idx = torch.randint(-1, slots, (tokens,), generator=g)
+        idx[torch.rand(tokens, generator=g) < 0.4 * trial / 3] = heavy  # a big segment
+        wrapper = _Wrapper(idx)
+        methods["update_metadata"](wrapper, None, [], slots, 0)
+        x = torch.randn(tokens, hidden, generator=g)
+        y = torch.randn(tokens, sum(widths), generator=g)
+        want = _reference_linear(y, x, a_slices, b_slices, 0.5, widths, idx)
+        got = y.clone()
+        methods["add_lora_linear"](wrapper, got, x, a_slices, b_slices, 0.5, widths)
+        _close(got, want)
+
+
+def test_work_follows_tokens_not_slots() -> None:
+    """The sparse rows hold each token's own block only: as many entries for 256 slots as
+    for 2, and none for tokens without an adapter (speed itself is measured in
+    benchmarks/lora_ops.py and the many-adapters benchmark, not here)."""
+    idx = torch.tensor([1, -1, 0, 1, 1, -1, 0])
+    for slots in (2, 256):
+        plan = lora_ops_cpu._Plan(idx)
+        crow, col = plan.index(RANK)
+        assert col.numel() == 5 * RANK
+        assert torch.equal(crow.diff(), torch.tensor([RANK, 0, RANK, RANK, RANK, 0, RANK]))
+        assert int(col.max()) < 2 * RANK <= slots * RANK
+
+
+def test_a_slot_past_the_stacked_weights_is_refused() -> None:
+    """The sparse product skips torch's index checks for speed, so the mapping is checked
+    against the weights instead: a bad slot raises, it never reads past the tensor."""
+    methods = lora_ops_cpu.fused_wrapper_methods(_Wrapper.stock_update, _Wrapper.stock_linear)
+    wrapper = _Wrapper(torch.tensor([0, SLOTS]))
+    methods["update_metadata"](wrapper, None, [], SLOTS, 0)
+    y = torch.randn(2, 16)
+    got = y.clone()
+    with pytest.raises(IndexError, match=f"slot {SLOTS}"):
+        methods["add_lora_linear"](wrapper, got, torch.randn(2, 8),
+                                   (torch.randn(SLOTS, 1, RANK, 8),),
+                                   (torch.randn(SLOTS, 1, 16, RANK),), 1.0, (16,))
+    assert torch.equal(got, y)
+
+
+def test_bfloat16_outputs_get_the_delta() -> None:
+    g = torch.Generator().manual_seed(11)
+    idx = torch.tensor([2, -1, 0, 2])
+    x = torch.randn(4, 16, generator=g)
+    a_slices = (torch.randn(SLOTS, 1, RANK, 16, generator=g),)
+    b_slices = (torch.randn(SLOTS, 1, 12, RANK, generator=g),)
+    y = torch.randn(4, 12, generator=g)
+    want = _reference_linear(y, x, a_slices, b_slices, 0.5, (12,), idx)
+    methods = lora_ops_cpu.fused_wrapper_methods(_Wrapper.stock_update, _Wrapper.stock_linear)
+    wrapper = _Wrapper(idx)
+    methods["update_metadata"](wrapper, None, [], SLOTS, 0)
+    got = y.to(torch.bfloat16)
+    methods["add_lora_linear"](wrapper, got, x.to(torch.bfloat16), a_slices, b_slices, 0.5, (12,))
+    assert torch.allclose(got.float(), want, atol=0.1 * float(want.abs().max()), rtol=0.05)

@@ -138,8 +138,11 @@ def _served_answers(http: httpx.Client, model: str, prompts: list[str],
 
 
 def _start_experiment(http: httpx.Client, cfg: DemoConfig, v1: dict, v2: dict) -> str:
-    body = {"alias": cfg.alias, "retention": True, "variants": [
-        {"ref": v1["ref"], "weight": 50}, {"ref": v2["ref"], "weight": 50}]}
+    # The salt decides which simulated user sees which version, and so which feedback the
+    # export holds: from the seed, so the same seed gives the same run (a random salt made
+    # the DPO and KTO rows vary from one run to the next).
+    body = {"alias": cfg.alias, "retention": True, "salt": f"loraswap-demo-{cfg.seed}",
+            "variants": [{"ref": v1["ref"], "weight": 50}, {"ref": v2["ref"], "weight": 50}]}
     r = http.post("/admin/experiments", json=body)
     if r.status_code == 409:  # an earlier demo's experiment: replace it
         http.post(f"/admin/experiments/{cfg.alias}/stop")

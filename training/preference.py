@@ -18,7 +18,7 @@ from typing import Any
 from training import runs
 from training.api import evaluate_adapter, too_long_check
 from training.data import Row
-from training.evaluation import detect_task, exact_match, preference_accuracy
+from training.evaluation import detect_task, exact_match, preference_scores
 from training.hooks import HookList, LoopHooks, trl_callback
 from training.lora import LoraOptions, TrainingConfigError
 from training.tracking import Tracker
@@ -133,7 +133,9 @@ def _run(cfg: PreferenceConfig, registry, run, start, splits, task, config, ever
     if em is not None:
         before["exact_match"] = round(em["accuracy"], 4)
     if cfg.method == "dpo":
-        before["preference_accuracy"] = preference_accuracy(model, tok, splits.test, device=device)
+        scores = preference_scores(model, tok, splits.test, device=device) or {}
+        before["preference_accuracy"] = scores.get("accuracy")
+        before["preference_margin"] = scores.get("margin")
 
     trainer = _trainer(cfg, model, tok, run.path, HFDataset, splits, loaded.quantized)
     # Its log lines go to stdout, where `--json` output must stand alone.
@@ -155,11 +157,13 @@ def _run(cfg: PreferenceConfig, registry, run, start, splits, task, config, ever
     if "exact_match" in before:
         metrics[f"{start_label}_exact_match"] = before["exact_match"]
     if cfg.method == "dpo":
-        metrics["preference_accuracy"] = preference_accuracy(model, tok, splits.test,
-                                                             device=device)
-        metrics[f"{start_label}_preference_accuracy"] = before["preference_accuracy"]
+        scores = preference_scores(model, tok, splits.test, device=device) or {}
+        for name in ("accuracy", "margin"):
+            metrics[f"preference_{name}"] = scores.get(name)
+            metrics[f"{start_label}_preference_{name}"] = before[f"preference_{name}"]
     metrics["trl_before"] = {k: v for k, v in before.items()
-                             if k not in ("exact_match", "preference_accuracy")}
+                             if k not in ("exact_match", "preference_accuracy",
+                                          "preference_margin")}
     metrics["trl_after"] = after
     if "rewards/accuracies" in after:
         metrics["trl_preference_accuracy"] = after["rewards/accuracies"]

@@ -21,8 +21,6 @@ from pathlib import Path
 
 __all__ = ["main", "run"]
 
-RESULTS = Path(__file__).resolve().parent / "results"
-
 
 def _zipf(torch, adapters: int, tokens: int, alpha: float, g):
     weights = 1.0 / torch.arange(1, adapters + 1, dtype=torch.float64) ** alpha
@@ -32,14 +30,9 @@ def _zipf(torch, adapters: int, tokens: int, alpha: float, g):
 def _wrappers(torch, tokens: int):
     from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
-    from server import lora_ops_cpu
+    from benchmarks.lora_ops import segmented_wrapper_class
 
-    class Segmented(PunicaWrapperCPU):
-        pass
-
-    for name, method in lora_ops_cpu.fused_wrapper_methods(
-            PunicaWrapperCPU.update_metadata, PunicaWrapperCPU.add_lora_linear).items():
-        setattr(Segmented, name, method)
+    Segmented = segmented_wrapper_class()
     return {name: cls(max_num_batched_tokens=tokens, max_batches=tokens, device="cpu")
             for name, cls in (("vLLM CPU ops", PunicaWrapperCPU), ("loraswap", Segmented))}
 

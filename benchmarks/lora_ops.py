@@ -17,7 +17,7 @@ import functools
 import statistics
 import time
 
-__all__ = ["main", "run"]
+__all__ = ["main", "run", "segmented_wrapper_class"]
 
 
 def _call(wrapper, y0, x, a, b, widths) -> None:
@@ -32,6 +32,21 @@ def _time(fn, repeats: int) -> float:
         fn()
         samples.append(time.perf_counter() - start)
     return statistics.median(samples) * 1e6
+
+
+def segmented_wrapper_class():
+    """vLLM's PunicaWrapperCPU with loraswap's add_lora_linear and update_metadata."""
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    from server import lora_ops_cpu
+
+    class Segmented(PunicaWrapperCPU):
+        pass
+
+    for name, method in lora_ops_cpu.fused_wrapper_methods(
+            PunicaWrapperCPU.update_metadata, PunicaWrapperCPU.add_lora_linear).items():
+        setattr(Segmented, name, method)
+    return Segmented
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,16 +71,10 @@ def run(argv: list[str] | None = None) -> list[tuple[int, str, float, float, flo
     from vllm.lora.layers import LoRAMapping
     from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
-    from server import lora_ops_cpu
 
     torch.set_num_threads(args.threads)
 
-    class Fused(PunicaWrapperCPU):
-        pass
-
-    for name, method in lora_ops_cpu.fused_wrapper_methods(
-            PunicaWrapperCPU.update_metadata, PunicaWrapperCPU.add_lora_linear).items():
-        setattr(Fused, name, method)
+    Fused = segmented_wrapper_class()
 
     h, inter, kv, slots, r = args.hidden, args.intermediate, args.kv_width, args.slots, args.rank
     layers = {"q/k/v": (h, (h, kv, kv)), "o": (h, (h,)), "gate/up": (h, (inter, inter)),

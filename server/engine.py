@@ -11,7 +11,8 @@ without an adapter: base requests go through an all-zero adapter this module wri
 
 The CPU LoRA kernels: on the CPU platform the engine's LoRA matmuls are replaced with
 server/lora_ops_cpu.py (sparse-times-dense products instead of per-token weight gathers;
-3-11x faster per layer, with work that follows the tokens, not the adapters in a batch). They must be installed in vLLM's worker process, which may be spawned rather than
+3-11x faster per layer, with work that follows the tokens, not the adapters in a batch).
+They must be installed in vLLM's worker process, which may be spawned rather than
 forked, so they go in through vLLM's general-plugin entry point (`vllm_general_plugin`,
 declared in pyproject.toml), switched on by an environment variable the engine sets. Any
 other vLLM started from this environment (the benchmark's peer) keeps vLLM's own ops.

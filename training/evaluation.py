@@ -29,7 +29,6 @@ __all__ = [
     "forgetting_copy",
     "load_evaluator",
     "loss_and_perplexity",
-    "preference_accuracy",
     "preference_scores",
     "taskworld_examples",
 ]
@@ -206,9 +205,3 @@ def preference_scores(model, tokenizer, rows: Sequence[Row], device: str = "cpu"
             gap += scores[0] - scores[1]
     return {"accuracy": wins / len(pairs), "margin": gap / len(pairs)}
 
-
-def preference_accuracy(model, tokenizer, rows: Sequence[Row], device: str = "cpu",
-                        disable_adapter: bool = False) -> float | None:
-    """Share of pairs where the model gives the chosen reply a higher log-probability."""
-    scores = preference_scores(model, tokenizer, rows, device, disable_adapter)
-    return None if scores is None else scores["accuracy"]

@@ -102,7 +102,8 @@ def _ingress_class():
             engine = RemoteEngine(self.engines, self.state,
                                   max_loras=self.settings.max_loras,
                                   max_cpu_loras=self.settings.max_cpu_loras,
-                                  affinity=self.settings.affinity_routing)
+                                  affinity=self.settings.affinity_routing,
+                                  queue_timeout=self.settings.queue_timeout)
             return build_app(self.settings, engine=engine, residency_class=ClusterResidency)
 
     return Ingress

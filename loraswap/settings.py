@@ -216,6 +216,10 @@ class Settings(BaseSettings):
         True, help="With `replicas`: send a request for an adapter to a replica that holds "
         "it (Ray Serve's model multiplexing). Off: Serve's plain routing, any replica (the "
         "benchmark's baseline).")
+    queue_timeout: float = setting(
+        20.0, ge=0, help="With `replicas`: seconds a request may wait for its first output "
+        "while every engine replica is busy (after one dies under a burst, say) before a "
+        "retryable 503 (`queue_timeout`). 0: wait as long as the backlog lasts.")
     replica_cpus: float = setting(
         1.0, gt=0, help="With `replicas`: Ray CPUs each engine replica reserves (on CPU "
         "machines also the cores its engine's threads are bound to, rounded up).")

@@ -10,6 +10,12 @@ A replica can die under a request (its process killed, its engine core crashed).
 drops it from the handle's router at once and Serve starts a replacement. A request that
 has sent nothing yet is retried once, on another replica; one that has streamed tokens
 cannot be replayed invisibly, so it ends with a retryable 503 (`engine_unavailable`).
+
+Requests beyond what the replicas take at once wait in the handle's router. When a replica
+dies under a burst, the rest of the burst queues behind the survivors while the
+replacement starts, for as long as the backlog lasts. `queue_timeout` bounds that wait: a
+request that has had no output within it is cancelled wherever it is and ends with a
+retryable 503 (`queue_timeout`), so no client hangs on a backlog.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from server.engine import (
     EngineUnavailable,
     GenParams,
 )
-from server.errors import Conflict, ServerError
+from server.errors import Conflict, QueueTimeout, ServerError
 
 __all__ = ["ClusterResidency", "RemoteEngine"]
 
@@ -64,13 +70,18 @@ def _unwrap(exc: BaseException) -> BaseException:
     return cause if isinstance(cause, _OURS) else exc
 
 
+async def _result(call):
+    return await call
+
+
 class RemoteEngine:
     """`engines`: a handle to the engine deployment; `state`: to the ClusterState one."""
 
     def __init__(self, engines, state, *, max_loras: int, max_cpu_loras: int,
-                 affinity: bool = True) -> None:
+                 affinity: bool = True, queue_timeout: float = 0.0) -> None:
         self._engines = engines
         self.affinity = affinity
+        self.queue_timeout = queue_timeout  # seconds to a request's first output; 0: none
         self._state = state
         self.config = _Limits(max_loras, max_cpu_loras)
         self.replicas: list[dict] = []
@@ -80,6 +91,7 @@ class RemoteEngine:
         self.start_seconds: float | None = None
         self.max_loras, self.slots_reason = max_loras or 0, "set" if max_loras else ""
         self.retries = 0  # requests retried on another replica
+        self.queue_timeouts = 0  # requests shed after queue_timeout without output
         self._refresh: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -119,13 +131,20 @@ class RemoteEngine:
     async def generate(self, request_id: str, prompt_ids: list[int], params: GenParams,
                        version: AdapterVersion | None) -> AsyncIterator[EngineOutput]:
         handle = self._engines.options(stream=True, multiplexed_model_id=self._key(version))
+        deadline = self._deadline()
         for attempt in (0, 1):
             sent = False
             try:
-                async for out in handle.generate.remote(
-                        request_id if attempt == 0 else f"{request_id}-retry", prompt_ids,
-                        params, version):
-                    sent = True
+                stream = handle.generate.remote(
+                    request_id if attempt == 0 else f"{request_id}-retry", prompt_ids,
+                    params, version)
+                try:
+                    first = await self._in_time(stream.__anext__(), stream, deadline)
+                except StopAsyncIteration:
+                    return
+                sent = True
+                yield first
+                async for out in stream:
                     yield out
                 return
             except Exception as exc:
@@ -139,6 +158,27 @@ class RemoteEngine:
                             "retrying on another replica", request_id, type(exc).__name__)
                 await asyncio.sleep(RETRY_PAUSE_S)
 
+    def _deadline(self) -> float | None:
+        if not self.queue_timeout:
+            return None
+        return asyncio.get_running_loop().time() + self.queue_timeout
+
+    async def _in_time(self, awaitable, call, deadline: float | None):
+        """`awaitable` (the call's first output, or its result), or a QueueTimeout once the
+        deadline passes; the call is then cancelled (unassigned: dropped from the router's
+        queue; assigned: aborted on its replica)."""
+        if deadline is None:
+            return await awaitable
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:
+            return await asyncio.wait_for(awaitable, max(remaining, 0.0))
+        except TimeoutError:
+            with contextlib.suppress(Exception):
+                call.cancel()
+            self.queue_timeouts += 1
+            raise QueueTimeout(f"no engine replica began this request within "
+                               f"{self.queue_timeout:g} s (all busy); retry") from None
+
     def _key(self, version: AdapterVersion | None) -> str:
         """The multiplexed model id: the version's engine name, or "" (any replica) for the
         base, and for every request under plain routing."""
@@ -151,9 +191,12 @@ class RemoteEngine:
         where the request lands."""
         if not self.affinity:
             return None
+        call = self._engines.options(
+            multiplexed_model_id=self._key(version)).prepare.remote(version)
         try:
-            return await self._engines.options(
-                multiplexed_model_id=self._key(version)).prepare.remote(version)
+            return await self._in_time(_result(call), call, self._deadline())
+        except QueueTimeout:
+            raise
         except Exception as exc:
             if _replica_lost(exc):
                 raise EngineUnavailable("no engine replica could load it; retry") from None

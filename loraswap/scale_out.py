@@ -3,6 +3,7 @@
 Three deployments (docs/scaling.md):
 - `ingress`: the FastAPI app with the whole API, built by `wiring.build_app` exactly as the
   single-process server is, but over a `RemoteEngine` (server/engine_remote.py);
+  `ingress_replicas` of them, one of which leads (runs the experiment decisions);
 - `engines`: N replicas, each one vLLM engine with its own adapter set
   (server/engine_replica.py), routed to by adapter affinity (Serve's model multiplexing);
 - `cluster_state`: one replica with the replicas' heartbeats, retirements and adapter files
@@ -96,10 +97,13 @@ def _ingress_class():
             self.settings, self.engines, self.state = settings, engines, state
 
         def __serve_build_asgi_app__(self):
+            from ray import serve
+
             from loraswap.wiring import build_app
             from server.engine_remote import ClusterResidency, RemoteEngine
 
             engine = RemoteEngine(self.engines, self.state,
+                                  ingress=serve.get_replica_context().replica_id.unique_id,
                                   max_loras=self.settings.max_loras,
                                   max_cpu_loras=self.settings.max_cpu_loras,
                                   affinity=self.settings.affinity_routing,
@@ -154,7 +158,8 @@ def build_application(settings: Settings):
         threads=int(opts["ray_actor_options"]["runtime_env"]["env_vars"]["OMP_NUM_THREADS"]),
         state=state, cache_dir=str(settings.home / "replica-cache"),
         wait_timeout=settings.adapter_wait_timeout)
-    ingress = serve.deployment(_ingress_class(), name="ingress", num_replicas=1,
+    ingress = serve.deployment(_ingress_class(), name="ingress",
+                               num_replicas=settings.ingress_replicas,
                                max_ongoing_requests=1000,
                                graceful_shutdown_timeout_s=settings.shutdown_timeout,
                                ray_actor_options={"num_cpus": 0, "resources": _PIN})

@@ -209,6 +209,10 @@ class Settings(BaseSettings):
     max_replicas: int | None = setting(
         None, ge=1, shown="none: a fixed `replicas`", help="With `replicas`: the autoscaler's "
         "most engine replicas.")
+    ingress_replicas: int = setting(
+        1, ge=1, help="With `replicas`: ingress replicas (the API, each a process on the "
+        "control-plane node). Any of them serves any request with the same result; one leads "
+        "and runs the experiment decisions.")
     target_ongoing_requests: float = setting(
         16.0, gt=0, help="With autoscaling: the requests per engine replica the autoscaler "
         "aims for.")

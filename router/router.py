@@ -105,6 +105,7 @@ class Router(AliasAdmin):
         # last request-log id read into it (router/bandit.py says why users must stay put).
         self._assigned: dict[int, dict[str, str]] = {}
         self._assigned_upto: dict[int, int] = {}
+        self._logged: dict[int, set[str]] = {}  # units whose first logged request was read
         self._guard_checked: dict[int, float] = {}  # experiment id -> last guardrail check
         if registry is not None:
             registry.add_delete_guard(self.delete_guard)
@@ -200,8 +201,11 @@ class Router(AliasAdmin):
         self._table, self._pointers = table, pointers
 
     def _load_assignments(self, exp: Experiment) -> None:
-        """Add units first seen in the log since the last read; what this process assigned
-        (possibly not yet written) wins. Reads by rowid, the insertion order: request ids are
+        """Read units' assignments from the log since the last read. A unit's first logged
+        request wins over what this process assigned: with several ingress replicas, two
+        may each have assigned a new unit before either's log row was written (only when
+        their weight tables differed, for the moment a new weighting takes to reach both),
+        and both must settle on one. Reads by rowid, the insertion order: request ids are
         random and say nothing about it."""
         upto = self._assigned_upto.get(exp.id, 0)
         with self._route_lock:
@@ -209,8 +213,11 @@ class Router(AliasAdmin):
                 "SELECT unit, variant, rowid FROM requests WHERE experiment_id = ? AND exposed = 1 "
                 "AND unit IS NOT NULL AND rowid > ? ORDER BY rowid", [exp.id, upto]).fetchall()
         assigned = self._assigned.setdefault(exp.id, {})
+        logged = self._logged.setdefault(exp.id, set())
         for unit, variant, row_id in rows:
-            assigned.setdefault(unit, variant)
+            if unit not in logged:
+                logged.add(unit)
+                assigned[unit] = variant
             upto = row_id
         self._assigned_upto[exp.id] = upto
 

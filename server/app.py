@@ -143,7 +143,8 @@ def create_app(config: ServerConfig, *, engine, registry: Registry, router: Rout
         capacity = engine.config.max_cpu_loras - (1 if engine.guard_active else 0)
         residency = residency_class(engine, registry.check, capacity, metrics,
                                     config.adapter_wait_timeout)
-        reconciler = Reconciler(registry, catalog, router, keys, residency)
+        reconciler = Reconciler(registry, catalog, router, keys, residency,
+                                leads=lambda: getattr(engine, "leads", True))
         await asyncio.to_thread(reconciler.refresh_tables)
         models = ServingModels(catalog, router)
         tok = tokenizer if tokenizer is not None else _load_tokenizer(config)
@@ -225,6 +226,7 @@ def create_app(config: ServerConfig, *, engine, registry: Registry, router: Rout
         replicas = getattr(engine, "replicas", None)
         if replicas is not None:
             metrics.show_replicas(replicas)
+            metrics.show_ingresses(getattr(engine, "ingresses", []))
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app

@@ -4,8 +4,15 @@ versions must leave them, and the adapter files for replicas on other nodes.
 One instance (a Ray Serve deployment of one replica, on the control-plane node). Engine
 replicas report to it every HEARTBEAT_S and get back the versions to retire; ingress
 replicas read the cluster view from it for /admin/engine, /metrics and `loraswap status`.
-Nothing here needs to survive a restart: replicas re-report within a heartbeat, and a
-retirement is also enforced by the ingress, which never routes to a retired version.
+
+Ingress replicas beat here too, and one of them holds the lease: the leader runs the
+experiment decisions (guardrail cuts, bandit weights, auto-promotion), which must happen
+once, not once per ingress. A leader silent for LEASE_S loses the lease to the next ingress
+that beats.
+
+Nothing here needs to survive a restart: replicas re-report within a heartbeat, a new
+leader is chosen at the next beat, and a retirement is also enforced by the ingress, which
+never routes to a retired version.
 """
 
 from __future__ import annotations
@@ -13,11 +20,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-__all__ = ["HEARTBEAT_S", "ClusterState"]
+__all__ = ["HEARTBEAT_S", "LEASE_S", "ClusterState"]
 
 HEARTBEAT_S = 0.5
 STALE_S = 5.0  # a replica silent this long is gone (Ray is replacing it)
 RETIRE_KEEP_S = 60.0
+LEASE_S = 3.0  # the leading ingress keeps the lease while it beats within this
 
 
 class ClusterState:
@@ -26,6 +34,8 @@ class ClusterState:
         self._retired: list[tuple[int, int, float]] = []  # (sequence, version id, when)
         self._seq = 0
         self.files_served = 0
+        self._ingresses: dict[str, tuple[float, dict]] = {}
+        self._leader: tuple[str | None, float] = (None, 0.0)  # (ingress, lease ends)
 
     async def heartbeat(self, info: dict, since: int) -> tuple[int, list[int]]:
         """A replica's report, and the retirements after sequence number `since`: each is
@@ -35,6 +45,20 @@ class ClusterState:
         self._replicas[info["replica"]] = (now, info)
         self._retired = [r for r in self._retired if now - r[2] < RETIRE_KEEP_S]
         return self._seq, [vid for seq, vid, _ in self._retired if seq > since]
+
+    async def ingress_beat(self, info: dict) -> tuple[bool, list[dict]]:
+        """An ingress replica's report (`info["ingress"]` names it): whether it leads now,
+        and every live ingress as last reported."""
+        now = time.time()
+        me = info["ingress"]
+        self._ingresses[me] = (now, info)
+        leader, ends = self._leader
+        if leader == me or now >= ends:
+            self._leader = leader, ends = me, now + LEASE_S
+        live = {k: (t, i) for k, (t, i) in self._ingresses.items() if now - t < STALE_S}
+        self._ingresses = live
+        return leader == me, [dict(i, leader=k == leader, seen_s_ago=round(now - t, 3))
+                              for k, (t, i) in sorted(live.items(), key=lambda kv: kv[0])]
 
     async def retire(self, version_id: int) -> None:
         self._seq += 1

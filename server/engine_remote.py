@@ -16,6 +16,10 @@ dies under a burst, the rest of the burst queues behind the survivors while the
 replacement starts, for as long as the backlog lasts. `queue_timeout` bounds that wait: a
 request that has had no output within it is cancelled wherever it is and ends with a
 retryable 503 (`queue_timeout`), so no client hangs on a backlog.
+
+There may be several ingress replicas. Each beats to the cluster state with the cluster
+view refresh, and learns whether it leads: only the leader runs the experiment decisions
+(server/reconcile.py), so a guardrail cut or a promotion happens once.
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
+import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -74,8 +82,14 @@ class RemoteEngine:
     """`engines`: a handle to the engine deployment; `state`: to the ClusterState one."""
 
     def __init__(self, engines, state, *, max_loras: int, max_cpu_loras: int,
-                 affinity: bool = True, queue_timeout: float = 0.0) -> None:
+                 affinity: bool = True, queue_timeout: float = 0.0,
+                 ingress: str | None = None) -> None:
         self._engines = engines
+        self.ingress = ingress or f"ingress-{uuid.uuid4().hex[:8]}"  # this ingress replica
+        self._started_at = time.time()
+        self.leads = False  # whether this ingress runs the experiment decisions (its beat says)
+        self.ingresses: list[dict] = []
+        self.requests = 0  # generations this ingress sent to the engine replicas
         self.affinity = affinity
         self.queue_timeout = queue_timeout  # seconds to a request's first output; 0: none
         self._state = state
@@ -101,13 +115,21 @@ class RemoteEngine:
         self._refresh = asyncio.create_task(self._keep_fresh())
 
     async def refresh(self) -> list[dict]:
+        try:
+            self.leads, self.ingresses = await self._state.ingress_beat.remote({
+                "ingress": self.ingress, "pid": os.getpid(), "node": socket.gethostname(),
+                "started_at": self._started_at, "requests": self.requests,
+                "retries": self.retries, "queue_timeouts": self.queue_timeouts})
+        except Exception:
+            self.leads = False  # a lease not confirmed is not held
+            raise
         self.replicas = await self._state.replicas.remote()
         return self.replicas
 
     async def _keep_fresh(self) -> None:
         while True:
             await asyncio.sleep(REFRESH_S)
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # the cluster state restarts: next time
                 await self.refresh()
 
     @property
@@ -128,6 +150,7 @@ class RemoteEngine:
                        version: AdapterVersion | None) -> AsyncIterator[EngineOutput]:
         handle = self._engines.options(stream=True, multiplexed_model_id=self._key(version))
         deadline = self._deadline()
+        self.requests += 1
         for attempt in (0, 1):
             sent = False
             try:

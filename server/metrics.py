@@ -53,5 +53,28 @@ class Metrics:
             for ref in r.get("loaded", []):
                 self.replica_adapters.labels(r["replica"], ref).set(1)
 
+    # Each ingress replica's beat (server/cluster_state.py): metric, help, the beat's key.
+    _INGRESS = (
+        ("loraswap_ingress_generations", "Generations each ingress replica sent to the "
+         "engine replicas since it started", "requests"),
+        ("loraswap_ingress_retries", "Requests an ingress replica retried on another engine "
+         "replica after one died", "retries"),
+        ("loraswap_ingress_queue_timeouts", "Requests an ingress replica answered 503 "
+         "queue_timeout", "queue_timeouts"),
+        ("loraswap_ingress_leader", "1 for the ingress replica that runs the experiment "
+         "decisions", "leader"),
+    )
+
+    def show_ingresses(self, ingresses: list[dict]) -> None:
+        """Scaled out: every ingress replica's counts as it last beat, so a scrape of any
+        ingress shows them all (each ingress's own request counters above are its own)."""
+        if not hasattr(self, "ingress_gauges"):
+            self.ingress_gauges = [(Gauge(name, doc, ["ingress"], registry=self.registry), key)
+                                   for name, doc, key in self._INGRESS]
+        for gauge, key in self.ingress_gauges:
+            gauge.clear()
+            for i in ingresses:
+                gauge.labels(i["ingress"]).set(float(i.get(key) or 0))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -33,6 +33,7 @@ __all__ = [
     "ContentPart",
     "EngineView",
     "ErrorBody",
+    "IngressView",
     "ModelCard",
     "ModelList",
     "PinRequest",
@@ -301,6 +302,21 @@ class ReplicaView(BaseModel):
     seen_s_ago: float
 
 
+class IngressView(BaseModel):
+    """One ingress replica of a scaled-out server, as it last beat."""
+
+    ingress: str
+    pid: int
+    node: str
+    leader: bool = Field(description="runs the experiment decisions (guardrails, bandit "
+                         "weights, auto-promotion)")
+    requests: int = Field(description="generations it sent to the engine replicas")
+    retries: int = Field(description="requests it retried on another engine replica")
+    queue_timeouts: int = Field(description="requests it answered 503 queue_timeout")
+    started_at: float
+    seen_s_ago: float
+
+
 class EngineView(BaseModel):
     base_model: str
     cpu: bool
@@ -314,6 +330,8 @@ class EngineView(BaseModel):
     running_requests: int  # requests the engine holds now
     replicas: list[ReplicaView] | None = Field(
         default=None, description="scaled out: each engine replica and what it holds")
+    ingresses: list[IngressView] | None = Field(
+        default=None, description="scaled out: each ingress replica, and which one leads")
 
 
 __all__ += ["AdapterList"]

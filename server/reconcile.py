@@ -1,8 +1,9 @@
 """The reconcile loop: the in-memory tables follow SQLite and the files, off the event loop.
 
 Every `interval` seconds, in a worker thread: the model catalog, the router's experiment
-table and the API-key cache are re-read (changes another process made, such as the CLI),
-guardrails are checked (a breaching variant loses its traffic), bandit experiments whose
+table and the API-key cache are re-read (changes another process made, such as the CLI,
+or another ingress replica), and, where this process leads (always, but for ingress
+replicas of a scaled-out server: server/engine_remote.py), guardrails are checked (a breaching variant loses its traffic), bandit experiments whose
 interval has passed get new weights, auto-promote experiments whose sequential test has decided
 end with their winner on the alias,
 and the files of every resident adapter are checked against their checksums (re-hashed when
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from adapters import AdapterTampered, AdapterVersion, Registry
 from router import Router
@@ -28,8 +30,9 @@ log = logging.getLogger("loraswap.models")
 
 class Reconciler:
     def __init__(self, registry: Registry, catalog: ModelCatalog, router: Router, keys: KeyStore,
-                 residency: Residency) -> None:
+                 residency: Residency, leads: Callable[[], bool] = lambda: True) -> None:
         self.registry = registry
+        self.leads = leads
         self.catalog = catalog
         self.router = router
         self.keys = keys
@@ -41,6 +44,11 @@ class Reconciler:
         self.catalog.refresh()
         self.router.refresh()
         self.keys.refresh()
+        if self.leads():
+            self.decide()
+
+    def decide(self) -> None:
+        """The experiment decisions: SQL and writes, made by one process in the cluster."""
         for name, variant, reason in self.router.check_guardrails():
             log.warning("experiment %s: guardrail cut variant %s: %s", name, variant, reason)
         for name in self.router.update_bandits():

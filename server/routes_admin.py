@@ -22,6 +22,7 @@ from server.protocol import (
     AdapterList,
     AdapterView,
     EngineView,
+    IngressView,
     PinRequest,
     RegisterFromPath,
     ReplicaView,
@@ -175,7 +176,10 @@ async def engine_state(request: Request) -> EngineView:
                       running_requests=engine.unfinished(),
                       replicas=None if getattr(engine, "replicas", None) is None else [
                           ReplicaView.model_validate(r, from_attributes=False)
-                          for r in await engine.refresh()])
+                          for r in await engine.refresh()],
+                      ingresses=None if getattr(engine, "ingresses", None) is None else [
+                          IngressView.model_validate(i, from_attributes=False)
+                          for i in engine.ingresses])
 
 
 @router.post("/engine/replicas", response_model=ScaleView, status_code=202)

@@ -150,7 +150,7 @@ class ServingBase:
                                  param="merged_adapters")
         return await self.mixtures.model_for(req.model, req.merged_adapters)
 
-    def target(self, model: str, user: str | None, meta: RequestMeta,
+    async def target(self, model: str, user: str | None, meta: RequestMeta,
                metadata: Mapping[str, str] | None = None,
                prompt: Callable[[], str] | None = None) -> Target:
         """Resolve `model` (an alias routes by `user`, else the X-User-Id header; its rules
@@ -158,7 +158,7 @@ class ServingBase:
         unit = user or meta.user_header
         context = RouteContext(headers=meta.headers, metadata=metadata or {},
                                api_key_id=meta.api_key_id, prompt=prompt)
-        return dataclasses.replace(self.models.resolve(model, unit, context),
+        return dataclasses.replace(await self.models.resolve_fresh(model, unit, context),
                                    request_id=meta.request_id, api_key_id=meta.api_key_id)
 
     def gen_params(self, *, prompt_len: int, max_tokens: int | None, req, logprobs: int | None,

@@ -67,7 +67,7 @@ class ServingChat(ServingBase):
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     async def create(self, req: ChatCompletionRequest, meta: RequestMeta):
-        target = self.target(await self.model_of(req), req.user, meta, req.metadata,
+        target = await self.target(await self.model_of(req), req.user, meta, req.metadata,
                              lambda: "\n".join(m.text() for m in req.messages))
         messages = self.messages(req)  # logged as the client sent them
         tools = ToolPolicy(req, self.tool_call_parser, self.tokenizer)

@@ -82,7 +82,7 @@ class ServingCompletions(ServingBase):
         return texts[0] if len(texts) == 1 else texts
 
     async def create(self, req: CompletionRequest, meta: RequestMeta):
-        target = self.target(await self.model_of(req), req.user, meta, req.metadata,
+        target = await self.target(await self.model_of(req), req.user, meta, req.metadata,
                              lambda: self._prompt_text(req))
         prompts = self.prompts(req)
         if target.route is not None and target.route.system_prompt:

@@ -68,6 +68,12 @@ def command(settings: Settings, url: str | None, key: str | None, as_json: bool)
                 [[r["replica"], r["node"], r["pid"], "yes" if r["running"] else "no",
                   r["running_requests"], r["adapter_loads"], ", ".join(r["loaded"]) or "-"]
                  for r in replicas])
+    ingresses = view.get("ingresses")
+    if ingresses:
+        click.echo("")
+        print_table(["ingress", "node", "pid", "leads", "requests"],
+                    [[i["ingress"], i["node"], i["pid"], "yes" if i["leader"] else "no",
+                      i["requests"]] for i in ingresses])
 
 
 @click.command("scale")

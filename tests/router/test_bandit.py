@@ -105,3 +105,28 @@ def test_another_process_learns_every_assignment_whatever_the_request_ids(router
             router.refresh()
     finally:
         other.close()
+
+
+def test_two_processes_that_assigned_a_new_user_apart_settle_on_the_first_logged(
+        router: Router, registry):
+    """Two ingress replicas, each with a weighting the other has not read yet, both see a
+    new user before either's log row is written: once both have read the log, both serve
+    the variant of the user's first logged request."""
+    router.create(alias="bot", variants=[("support@1", 1), ("support@2", 1)], mode="bandit")
+    router.start("bot")
+    other = Router(router.db_path, registry, base_id="loraswap-base")
+    try:
+        router.set_weights("bot", [("support@1", 1), ("support@2", 0)])  # all new users to @1
+        other.set_weights("bot", [("support@1", 0), ("support@2", 1)])  # and here to @2
+        first, second = router.route("bot", "newcomer"), other.route("bot", "newcomer")
+        assert (first.variant, second.variant) == ("support@1", "support@2")
+        for r, route, rid in ((router, first, "r1"), (other, second, "r2")):  # r1 first
+            r.log_request(RequestRecord(request_id=rid, model="bot", served=route.variant,
+                                        route=route, user="newcomer"))
+            r.flush()
+        router.refresh()
+        other.refresh()
+        assert {router.route("bot", "newcomer").variant,
+                other.route("bot", "newcomer").variant} == {"support@1"}
+    finally:
+        other.close()

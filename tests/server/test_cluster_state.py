@@ -61,3 +61,28 @@ def test_replicas_on_one_node_bind_disjoint_cores():
     assert bind_threads(0, 2, cores=8) == "0,1" and bind_threads(1, 2, cores=8) == "2,3"
     assert bind_threads(2, 1, cores=2) == "0"  # more replicas than cores: they share
     assert bind_threads(0, 16, cores=4) == "0,1,2,3"  # never more threads than cores
+
+
+def _ingress(name: str) -> dict:
+    return {"ingress": name, "pid": 1, "node": "n", "started_at": 0, "requests": 0}
+
+
+def test_one_ingress_leads_until_it_falls_silent(monkeypatch):
+    import server.cluster_state as cs
+
+    now = [1000.0]
+    monkeypatch.setattr(cs.time, "time", lambda: now[0])
+
+    async def run():
+        state = ClusterState()
+        first = [(await state.ingress_beat(_ingress(n)))[0] for n in ("a", "b", "a", "b")]
+        now[0] += cs.LEASE_S - 0.5  # a still beats in time ...
+        kept = (await state.ingress_beat(_ingress("a")))[0]
+        now[0] += cs.LEASE_S + 0.5  # ... then stops: b takes over at its next beat
+        taken, view = await state.ingress_beat(_ingress("b"))
+        return first, kept, taken, view, (await state.ingress_beat(_ingress("a")))[0]
+
+    first, kept, taken, view, old_leader = asyncio.run(run())
+    assert first == [True, False, True, False] and kept
+    assert taken and [(i["ingress"], i["leader"]) for i in view] == [("a", False), ("b", True)]
+    assert old_leader is False  # a comes back as a follower

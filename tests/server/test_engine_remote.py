@@ -95,3 +95,49 @@ def test_loading_an_adapter_for_a_stream_is_bounded_the_same_way():
 def test_no_timeout_waits_for_as_long_as_it_takes():
     engine, _ = _engine(delay=0.3, queue_timeout=0.0)
     assert asyncio.run(_outputs(engine)) == ["one", "two"]
+
+
+class _Remote:
+    """`handle.method.remote(...)` over a plain object's coroutine method."""
+
+    def __init__(self, target, fail: list[bool]) -> None:
+        self.target, self.fail = target, fail
+
+    def __getattr__(self, name: str):
+        method = getattr(self.target, name)
+
+        async def call(*args):
+            if self.fail[0]:
+                raise ConnectionError("the cluster state is restarting")
+            return await method(*args)
+
+        return SimpleNamespace(remote=call)
+
+
+def test_of_two_ingresses_exactly_one_runs_the_experiment_decisions():
+    from server.cluster_state import ClusterState
+
+    fail = [False]
+    state = _Remote(ClusterState(), fail)
+    a, b = (RemoteEngine(_Handle(0.0), state, max_loras=4, max_cpu_loras=8, ingress=n)
+            for n in ("a", "b"))
+
+    async def run():
+        for engine in (a, b, a, b):
+            await engine.refresh()
+        leads = (a.leads, b.leads)
+        fail[0] = True  # a beat that fails is a lease not confirmed
+        with pytest.raises(ConnectionError):
+            await a.refresh()
+        return leads, a.leads
+
+    assert asyncio.run(run()) == ((True, False), False)
+    assert [(i["ingress"], i["leader"]) for i in b.ingresses] == [("a", True), ("b", False)]
+    # Either ingress's /metrics shows both, and which leads.
+    from server.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.show_ingresses(b.ingresses)
+    text = metrics.render().decode()
+    assert 'loraswap_ingress_leader{ingress="a"} 1.0' in text
+    assert 'loraswap_ingress_leader{ingress="b"} 0.0' in text

@@ -81,3 +81,44 @@ def test_an_inference_request_runs_no_sql_and_no_stat_on_the_event_loop(
     rows = sqlite3.connect(parts.config.db_path).execute(
         "SELECT alias, model_served FROM requests ORDER BY ts").fetchall()
     assert [r[0] for r in rows] == ["loraswap-base", "a", "a@1", "bot", "loraswap-base"]
+
+
+def test_a_name_another_process_just_registered_is_served_at_once(inprocess, tiny_loras):
+    """Another ingress replica (or the CLI) registered a version and made an alias: the next
+    request here serves both, without waiting for the reconcile loop (an hour here). Names
+    nobody registered still 404, and a burst of them re-reads the database a few times."""
+    from loraswap.wiring import open_registry, open_router
+
+    parts = inprocess(reconcile_interval=3600)
+    settings = parts.extra["settings"]
+
+    async def main():
+        async with parts.app.router.lifespan_context(parts.app):
+            transport = httpx.ASGITransport(app=parts.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
+                client = AsyncOpenAI(base_url="http://app/v1", api_key="unused",
+                                     http_client=http, max_retries=0)
+
+                async def ask(model: str):
+                    return await client.chat.completions.with_raw_response.create(
+                        model=model, max_tokens=2, messages=[{"role": "user", "content": "hi"}])
+
+                with open_registry(settings) as elsewhere:
+                    elsewhere.add(tiny_loras[0], "late")
+                    other = open_router(settings, elsewhere)
+                    try:
+                        other.set_alias("late-alias", "late@1")
+                    finally:
+                        other.close()
+                served = [(await ask(m)).headers["X-Loraswap-Model"] for m in ("late", "late-alias")]
+                models = parts.app.state.models
+                before = models.miss_rereads
+                unknown = await asyncio.gather(*(http.post("/v1/chat/completions", json={
+                    "model": f"nobody-{i}", "messages": [{"role": "user", "content": "hi"}]})
+                    for i in range(40)))
+                return served, [r.status_code for r in unknown], models.miss_rereads - before
+
+    served, statuses, rereads = asyncio.run(main())
+    assert served == ["late@1", "late@1"]
+    assert set(statuses) == {404}
+    assert 1 <= rereads <= 5, rereads

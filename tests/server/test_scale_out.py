@@ -1,4 +1,5 @@
-"""`loraswap serve --replicas 2`: the server on Ray Serve with two engine replicas.
+"""`loraswap serve --replicas 2 --ingress-replicas 2`: the server on Ray Serve with two
+engine replicas behind two ingress replicas.
 
 One scaled-out server for the module (Ray and two engines start in about a minute on two
 cores), driven like the single-process one: the official `openai` client over loopback,
@@ -38,7 +39,8 @@ def cluster(embedded_base: Path, tmp_path_factory: pytest.TempPathFactory):
            # replica the scaling test asks for (each engine still binds one thread).
            "LORASWAP_REPLICA_CPUS": "0.5"}
     s = start_serve(tmp_path_factory.mktemp("cluster"), embedded_base, "--base-model-name",
-                    "loraswap-base", "--replicas", "2", env=env, timeout=420, own_group=True)
+                    "loraswap-base", "--replicas", "2", "--ingress-replicas", "2", env=env,
+                    timeout=420, own_group=True)
     yield s
     s.stop(timeout=90)
 
@@ -112,6 +114,7 @@ def test_requests_go_to_a_replica_that_holds_their_adapter(cluster, names):
     assert after == before, f"{after - before} loads for adapters some replica already held"
     metrics = httpx.get(cluster.url + "/metrics", timeout=30).text
     assert 'loraswap_replica_adapter_loaded{adapter="s0@1"' in metrics
+    assert metrics.count("loraswap_ingress_leader{") == 2  # each ingress, from either
 
 
 def test_a_version_registered_under_traffic_is_served_within_a_second(cluster, adapter_dirs,
@@ -155,26 +158,49 @@ def test_a_version_registered_under_traffic_is_served_within_a_second(cluster, a
     assert first < 1.0
 
 
+def _ingresses(cluster) -> list[dict]:
+    r = httpx.get(cluster.url + "/admin/engine", timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["ingresses"]
+
+
 def test_a_user_keeps_their_variant_whichever_replica_serves_them(cluster, names):
+    """A bandit experiment keeps each user on their first variant even after its weights
+    change: with two ingress replicas, the one that did not serve a user's first request
+    knows it from the log. Users' later requests go through both ingresses."""
     admin = httpx.Client(base_url=cluster.url, timeout=60)
     r = admin.post("/admin/experiments", json={
-        "alias": "sticky", "variants": [{"ref": "base", "weight": 1}, {"ref": f"{names[0]}@1",
-                                                                        "weight": 1}]})
+        "alias": "sticky", "mode": "bandit", "bandit_interval_s": 3600, "variants": [
+            {"ref": "base", "weight": 1}, {"ref": f"{names[0]}@1", "weight": 1}]})
     assert r.status_code == 201, r.text
     assert admin.post("/admin/experiments/sticky/start").status_code == 200
+    users = [f"user{u}" for u in range(24)]
+    before = {i["ingress"]: i["requests"] for i in _ingresses(cluster)}
+
+    async def wave(client: AsyncOpenAI, repeat: int) -> list[tuple[str, str]]:
+        jobs = [u for u in users for _ in range(repeat)]
+        raws = await asyncio.gather(*(_chat(client, "sticky", PROMPTS[0], max_tokens=4, user=u)
+                                      for u in jobs))
+        return [(u, raw.headers["X-Loraswap-Variant"]) for u, raw in zip(jobs, raws, strict=True)]
 
     async def run():
         client = AsyncOpenAI(base_url=cluster.v1, api_key="unused", max_retries=0, timeout=300)
-        jobs = [f"user{u}" for u in range(12) for _ in range(4)]
-        raws = await asyncio.gather(*(_chat(client, "sticky", PROMPTS[0], user=u) for u in jobs))
-        return jobs, raws
+        first = dict(await wave(client, 1))
+        await asyncio.sleep(2.0)  # logged, and read back by every ingress
+        r = admin.put("/admin/experiments/sticky/weights", json={"variants": [
+            {"ref": "base", "weight": 1}, {"ref": f"{names[0]}@1", "weight": 0}]})
+        assert r.status_code == 200, r.text  # every new user to the base from here
+        await asyncio.sleep(1.0)
+        return first, await wave(client, 4)
 
-    jobs, raws = asyncio.run(run())
-    seen: dict[str, set[str]] = {}
-    for user, raw in zip(jobs, raws, strict=True):
-        seen.setdefault(user, set()).add(raw.headers["X-Loraswap-Variant"])
-    assert all(len(v) == 1 for v in seen.values()), seen
-    assert len({next(iter(v)) for v in seen.values()}) == 2  # both variants have users
+    first, later = asyncio.run(run())
+    assert len(set(first.values())) == 2  # both variants have users: some would move
+    moved = sorted({u for u, variant in later if variant != first[u]})
+    assert not moved, f"{len(moved)} users changed variant: {moved[:5]}"
+    # Every ingress served some of it, and exactly one of them leads.
+    after = _ingresses(cluster)
+    assert len(after) == 2 and sum(i["leader"] for i in after) == 1
+    assert all(i["requests"] > before.get(i["ingress"], 0) for i in after), (before, after)
 
 
 def _wait_for_replicas(cluster, n: int, timeout: float = 300) -> list[dict]:
@@ -241,7 +267,7 @@ def test_killing_a_replica_loses_no_acknowledged_request_or_feedback(cluster, na
     """SIGKILL one engine replica's process while requests and feedback posts are in flight."""
     home = cluster.home
     victim = replicas(cluster)[0]
-    n_requests, n_feedback = 500, 1000
+    n_requests, n_feedback = 500, 2000
 
     async def run():
         client = AsyncOpenAI(base_url=cluster.v1, api_key="unused", max_retries=0, timeout=120)
@@ -285,10 +311,8 @@ def test_killing_a_replica_loses_no_acknowledged_request_or_feedback(cluster, na
           f"{statuses.count(503)} got 503 (latency p50 {took[len(took) // 2]:.1f} s, max "
           f"{took[-1]:.1f} s); {sum(s == 201 for s, _ in posts)} feedback posts acknowledged")
     # Nothing hung to the client's timeout (that would be -1) or failed otherwise. How long
-    # the burst took is printed, not asserted: it is the two shared cores' speed (the proxy,
-    # the ingress, the survivor and the starting replacement share them): 24.7 s median and
-    # 28.7 s slowest here, 45 s slowest on a slower machine. What bounds an engine replica's
-    # backlog is queue_timeout (tests/server/test_engine_remote.py).
+    # the client waited is printed, not asserted: most requests reach Serve's proxy only
+    # after the feedback burst ahead of them (below: the time inside the ingresses).
     assert set(statuses) <= {200, 503}, sorted(set(statuses))
     assert {s for s, _ in posts} == {201}
     # The replica comes back and serves.
@@ -310,6 +334,14 @@ def test_killing_a_replica_loses_no_acknowledged_request_or_feedback(cluster, na
     logged = db.execute(f"SELECT COUNT(*), COUNT(DISTINCT id) FROM requests WHERE id IN ({marks})",
                         acked).fetchone()
     assert logged == (len(acked), len(acked))
+    # What loraswap's own code holds a request for (the ingress, the engine replicas, their
+    # queues) is bounded by queue_timeout; the rest of what the client saw is Serve's proxy
+    # working through the feedback burst on the same two cores (docs/scaling.md#failures).
+    inside = sorted(ms / 1000 for (ms,) in db.execute(
+        f"SELECT latency_ms FROM requests WHERE id IN ({marks})", acked))
+    print(f"the same requests inside the ingresses: p50 {inside[len(inside) // 2]:.1f} s, "
+          f"max {inside[-1]:.1f} s")
+    assert inside[-1] < 30, inside[-5:]
     cids = [cid for _, cid in posts]
     marks = ",".join("?" * len(cids))
     stored = db.execute(f"SELECT COUNT(*), COUNT(DISTINCT client_id) FROM feedback "

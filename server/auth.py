@@ -8,6 +8,8 @@ else: no inference, no writes) and `admin` (everything, admin routes included).
 Why a cache: the request path reads no SQL. The active keys (hash -> id, scope) are held in
 memory, re-read by `refresh()` (the server's reconcile loop, so a key created or revoked by
 the CLI takes effect within one interval) and updated at once by writes through this object.
+A key the cache does not know is looked for once more in the database before a 401
+(`lookup_fresh`, server/reread.py): another ingress replica may have just created it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import threading
+import time
 from pathlib import Path
 
 from sqlite_utils import Database
@@ -22,6 +25,7 @@ from sqlite_utils.migrations import Migrations
 
 from common.sqlite import open_db
 from common.timeutil import utc_now_iso
+from server.reread import MissReread
 
 __all__ = ["SCOPES", "KeyStore", "migrations"]
 
@@ -103,6 +107,7 @@ class KeyStore:
         self.db = open_db(db_path, migrations)
         self._lock = threading.Lock()
         self._active: dict[str, tuple[str, str]] = {}  # sha256 -> (key id, scope)
+        self.miss_reread = MissReread(self.refresh)
         self.refresh()
 
     def refresh(self) -> None:
@@ -157,6 +162,14 @@ class KeyStore:
     def lookup(self, token: str) -> tuple[str, str] | None:
         """(key id, scope) of a valid, unrevoked key, else None. Memory only."""
         return self._active.get(_hash(token))
+
+    async def lookup_fresh(self, token: str) -> tuple[str, str] | None:
+        """`lookup`, re-reading the keys once if the cache does not know `token`."""
+        found = self.lookup(token)
+        if found is None:
+            await self.miss_reread.after_miss(time.monotonic())
+            found = self.lookup(token)
+        return found
 
     def close(self) -> None:
         with self._lock:

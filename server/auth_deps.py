@@ -1,4 +1,5 @@
-"""FastAPI dependencies enforcing API keys (when any key is configured). Memory only."""
+"""FastAPI dependencies enforcing API keys (when any key is configured). Memory only, but for
+a key the cache does not know, which is looked for in the database once (server/auth.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ __all__ = ["require_admin", "require_experiment_access", "require_fine_tune",
 _READS = ("GET", "HEAD")
 
 
-def _scope(request: Request) -> str | None:
+async def _scope(request: Request) -> str | None:
     """None when no keys are configured (loopback-only mode), else the key's scope."""
     keys = request.app.state.keys
     if not keys.any_active():
@@ -22,7 +23,7 @@ def _scope(request: Request) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("You didn't provide an API key. Send it as "
                            "'Authorization: Bearer YOUR_KEY'.", code="missing_api_key")
-    found = keys.lookup(token.strip())
+    found = await keys.lookup_fresh(token.strip())
     if found is None:
         raise Unauthorized("Incorrect API key provided.")
     key_id, scope = found
@@ -32,24 +33,24 @@ def _scope(request: Request) -> str | None:
     return scope
 
 
-def require_inference(request: Request) -> None:
-    if _scope(request) == "analyst":
+async def require_inference(request: Request) -> None:
+    if await _scope(request) == "analyst":
         raise PermissionDenied("This key has the 'analyst' scope: it reads experiments, their "
                                "results and exports (/admin/experiments) and aliases "
                                "(/admin/aliases), nothing else.")
 
 
-def require_admin(request: Request) -> None:
-    scope = _scope(request)
+async def require_admin(request: Request) -> None:
+    scope = await _scope(request)
     if scope is not None and scope != "admin":
         raise PermissionDenied(f"This key has the '{scope}' scope; admin routes need an "
                                "'admin' key.")
 
 
-def require_experiment_access(request: Request) -> None:
+async def require_experiment_access(request: Request) -> None:
     """Admin keys do anything here; analyst keys read (experiments, results, the page, the
     export, aliases and their history)."""
-    scope = _scope(request)
+    scope = await _scope(request)
     if scope is None or scope == "admin" or (scope == "analyst" and request.method in _READS):
         return
     if scope == "analyst":
@@ -60,10 +61,10 @@ def require_experiment_access(request: Request) -> None:
                            "need an 'analyst' key (read) or an 'admin' key.")
 
 
-def require_fine_tune(request: Request) -> None:
+async def require_fine_tune(request: Request) -> None:
     """Files and fine-tuning jobs: 'fine-tune' and 'admin' keys (each sees its own files and
     jobs; admin keys see all)."""
-    scope = _scope(request)
+    scope = await _scope(request)
     if scope is not None and scope not in ("fine-tune", "admin"):
         raise PermissionDenied(f"This key has the '{scope}' scope; files and fine-tuning jobs "
                                "need a 'fine-tune' key or an 'admin' key.")

@@ -1,14 +1,15 @@
 """The reconcile loop: the in-memory tables follow SQLite and the files, off the event loop.
 
 Every `interval` seconds, in a worker thread: the model catalog, the router's experiment
-table and the API-key cache are re-read (changes another process made, such as the CLI,
-or another ingress replica), and, where this process leads (always, but for ingress
-replicas of a scaled-out server: server/engine_remote.py), guardrails are checked (a breaching variant loses its traffic), bandit experiments whose
-interval has passed get new weights, auto-promote experiments whose sequential test has decided
-end with their winner on the alias,
-and the files of every resident adapter are checked against their checksums (re-hashed when
-their stat changed). Then, on the loop: versions that are no longer active, or whose files
-changed, leave the engine once their in-flight requests end.
+table and the API-key cache are re-read (changes another process made, such as the CLI, or
+another ingress replica). Then the experiment decisions, only where this process leads (a
+single-process server always does; of a scaled-out server's ingress replicas, the one that
+holds the lease: server/engine_remote.py): guardrails are checked (a breaching variant loses its traffic),
+bandit experiments whose interval has passed get new weights, and auto-promote experiments
+whose sequential test has decided end with their winner on the alias. The files of every
+resident adapter are checked against their checksums (re-hashed when their stat changed).
+Then, on the loop: versions that are no longer active, or whose files changed, leave the
+engine once their in-flight requests end.
 """
 
 from __future__ import annotations

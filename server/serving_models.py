@@ -5,17 +5,13 @@ Resolution reads memory only: the router's experiment table (an alias routes sti
 user to a variant), then the model catalog (base id, `name`, `name@v`). No SQL and no file
 `stat` on the event loop; the reconcile loop keeps both tables fresh.
 
-One exception: a name neither table knows makes both re-read the database (in a worker
-thread) before the 404. Another process may have just registered it: the CLI, or another
-ingress replica of a scaled-out server, whose client expects the version it registered to
-be served at once wherever its next request lands. Re-reads are one at a time, at most one
-per MISS_REREAD_GAP_S, and a re-read that began after a miss answers every miss before it,
-so a client asking for unknown names costs the database a few small reads a second.
+One exception: a name neither table knows makes both re-read the database once before the
+404 (server/reread.py): another process, such as another ingress replica, may have just
+registered it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, replace
 
@@ -25,6 +21,7 @@ from router import Route, RouteContext, Router
 from server.catalog import ModelCatalog
 from server.errors import ModelNotFound
 from server.protocol import ModelCard, ModelList
+from server.reread import MissReread
 
 __all__ = ["HEADER_EXPERIMENT", "HEADER_MODEL", "HEADER_RULE", "HEADER_VARIANT", "ServingModels",
            "Target"]
@@ -33,7 +30,6 @@ HEADER_EXPERIMENT = "X-Loraswap-Experiment"
 HEADER_VARIANT = "X-Loraswap-Variant"
 HEADER_MODEL = "X-Loraswap-Model"
 HEADER_RULE = "X-Loraswap-Rule"
-MISS_REREAD_GAP_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -66,9 +62,7 @@ class ServingModels:
         self.catalog = catalog
         self.router = router
         self.base_id = catalog.base_id
-        self._reread_lock = asyncio.Lock()
-        self._reread_began = float("-inf")  # monotonic time the last miss re-read began
-        self.miss_rereads = 0
+        self.miss_reread = MissReread(self._reread_tables)
 
     def resolve(self, model: str, unit: str | None = None,
                 context: RouteContext | None = None) -> Target:
@@ -86,19 +80,8 @@ class ServingModels:
         try:
             return self.resolve(model, unit, context)
         except ModelNotFound:
-            await self._reread(time.monotonic())
+            await self.miss_reread.after_miss(time.monotonic())
         return self.resolve(model, unit, context)
-
-    async def _reread(self, missed_at: float) -> None:
-        async with self._reread_lock:
-            if self._reread_began >= missed_at:
-                return  # read after the miss: what it did not find is not there
-            wait = self._reread_began + MISS_REREAD_GAP_S - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            self._reread_began = time.monotonic()
-            self.miss_rereads += 1
-            await asyncio.to_thread(self._reread_tables)
 
     def _reread_tables(self) -> None:
         self.catalog.refresh()

@@ -112,13 +112,39 @@ def test_a_name_another_process_just_registered_is_served_at_once(inprocess, tin
                         other.close()
                 served = [(await ask(m)).headers["X-Loraswap-Model"] for m in ("late", "late-alias")]
                 models = parts.app.state.models
-                before = models.miss_rereads
+                before = models.miss_reread.count
                 unknown = await asyncio.gather(*(http.post("/v1/chat/completions", json={
                     "model": f"nobody-{i}", "messages": [{"role": "user", "content": "hi"}]})
                     for i in range(40)))
-                return served, [r.status_code for r in unknown], models.miss_rereads - before
+                return served, [r.status_code for r in unknown], models.miss_reread.count - before
 
     served, statuses, rereads = asyncio.run(main())
     assert served == ["late@1", "late@1"]
     assert set(statuses) == {404}
     assert 1 <= rereads <= 5, rereads
+
+
+def test_a_key_another_process_just_created_works_at_once(inprocess):
+    """Another ingress replica (or the CLI) created a key: its first request here is served,
+    not refused for the reconcile interval (an hour here); wrong keys still get a 401."""
+    from loraswap.wiring import open_keys
+
+    parts = inprocess(reconcile_interval=3600)
+    parts.keys.create("ops", "admin")  # keys are on
+
+    async def main():
+        async with parts.app.router.lifespan_context(parts.app):
+            transport = httpx.ASGITransport(app=parts.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
+                elsewhere = open_keys(parts.extra["settings"])
+                try:
+                    _, fresh = elsewhere.create("app", "inference")
+                finally:
+                    elsewhere.close()
+                ok = await http.get("/v1/models", headers={"Authorization": f"Bearer {fresh}"})
+                wrong = await asyncio.gather(*(http.get("/v1/models", headers={
+                    "Authorization": f"Bearer sk-wrong-{i}"}) for i in range(20)))
+                return ok.status_code, {r.status_code for r in wrong}
+
+    assert asyncio.run(main()) == (200, {401})
+    assert 1 <= parts.keys.miss_reread.count <= 4

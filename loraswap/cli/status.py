@@ -87,5 +87,6 @@ def scale_command(settings: Settings, replicas: int, url: str | None, key: str |
     requests and finish the ones they hold. Not with autoscaling (min/max replicas)."""
     view = _call(settings, url, key, "POST", "/admin/engine/replicas",
                  json={"replicas": replicas})
-    click.echo(f"{view['base']}: scaling to {view['replicas']} engine replicas "
+    plural = "" if view["replicas"] == 1 else "s"
+    click.echo(f"{view['base']}: scaling to {view['replicas']} engine replica{plural} "
                f"({view['current']} now); `loraswap status` shows them join or leave")

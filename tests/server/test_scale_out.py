@@ -258,32 +258,43 @@ def test_scaling_up_and_down_under_traffic_loses_no_request(cluster, names):
         statuses: list[int] = []
         took: dict[int, float] = {}
 
+        # Six clients that never pause while a replica leaves, so it has requests to finish;
+        # two that pause while the new one starts. Its start is mostly CPU (three processes
+        # importing torch and vLLM) and on two cores takes far longer behind engines
+        # that are never idle, which tests nothing more: the new replica joins at its end.
+        heavy = asyncio.Event()
+        heavy.set()
+
         async def user(i: int):
             while not stop.is_set():
+                if i >= 2 and not heavy.is_set():
+                    await asyncio.sleep(0.1)
+                    continue
                 try:
                     await _chat(client, names[i % 5] if i % 2 else "loraswap-base", PROMPTS[0])
                     statuses.append(200)
                 except Exception as exc:
                     statuses.append(getattr(exc, "status_code", -1))
-                # A pause between a user's requests: the new replica's start is mostly CPU
-                # (three processes importing torch and vLLM), and on two cores it takes
-                # minutes behind engines that are never idle, testing nothing more.
-                await asyncio.sleep(0.25)
+                if not heavy.is_set():
+                    await asyncio.sleep(0.5)
 
         async def operator():
             for n in (1, 2):
                 asked = time.monotonic()
+                if n == 2:
+                    heavy.clear()
                 out = await asyncio.to_thread(CliRunner().invoke, cli,
                                               ["scale", str(n), "--url", cluster.url])
                 assert out.exit_code == 0, out.output
                 assert f"scaling to {n} engine replica{'s' if n > 1 else ''} (" in out.output
                 view = await asyncio.to_thread(_wait_for_replicas, cluster, n)
                 took[n] = time.monotonic() - asked
+                heavy.set()
                 await asyncio.sleep(2.0)  # traffic on the new set
             stop.set()
             return view
 
-        users = [asyncio.create_task(user(i)) for i in range(4)]
+        users = [asyncio.create_task(user(i)) for i in range(6)]
         view = await operator()
         await asyncio.gather(*users)
         return statuses, view, took

@@ -29,6 +29,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from openai import AsyncOpenAI
 
@@ -414,18 +415,11 @@ def test_stopping_the_server_leaves_the_cluster_running_without_it(cluster, ray_
     cluster.stop(timeout=90)
     assert cluster.proc.returncode == 0, cluster.tail()
     deadline = time.monotonic() + 30  # Serve ends an app's actors as it deletes it
-    while [pid for pid in engines if _alive(pid)] and time.monotonic() < deadline:
+    while (alive := [pid for pid in engines if psutil.pid_exists(pid)]) and \
+            time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not [pid for pid in engines if _alive(pid)], "engine replicas outlived their app"
+    assert not alive, f"engine replicas outlived their app: {alive}"
     status = subprocess.run([RAY, "status"], env={**os.environ, **ray_cluster},
                             capture_output=True, text=True, timeout=60)
     assert status.returncode == 0, status.stderr
     assert CONTROL_PLANE in status.stdout
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
